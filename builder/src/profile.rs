@@ -1,0 +1,920 @@
+//! Profiles: TOML files in `profiles/` that describe one appliance image.
+//!
+//! A profile may `extends` another. Files are merged as TOML tables before
+//! they are typed: the child's values replace the parent's, except the lists
+//! named in [`ADDITIVE_LISTS`], which are concatenated (parent first) so that
+//! a child adds packages or modules without repeating the base ones.
+//! Every file is also checked on its own against the schema, so an unknown key
+//! or a wrong type is reported with the file, line and key where it was typed.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Dotted keys whose arrays accumulate along the `extends` chain.
+pub const ADDITIVE_LISTS: &[&str] = &[
+    "packages.include",
+    "packages.prefer",
+    "packages.exclude",
+    "packages.drop_paths",
+    "kernel.modules",
+    "kernel.cmdline",
+    "checks",
+];
+
+/// What can go wrong while loading a profile.
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    /// The profile's file does not exist.
+    #[error("profile `{name}` not found: no file {path} (see `applbuild list`)")]
+    NotFound {
+        /// Profile name as asked for.
+        name: String,
+        /// The file that was looked for.
+        path: PathBuf,
+    },
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not fit the schema.
+    #[error("{path}:{line}:{column}: {key_note}{message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line of the offending text.
+        line: usize,
+        /// 1-based column of the offending text.
+        column: usize,
+        /// `key `x`: ` when the key could be read off the line, else empty.
+        key_note: String,
+        /// What the parser said.
+        message: String,
+    },
+    /// `extends` goes round in a circle.
+    #[error("profile `{0}` extends itself through {1}")]
+    ExtendsCycle(String, String),
+    /// The merged profile is typed correctly but its values do not fit together.
+    #[error("profile `{profile}`: {key}: {message}")]
+    Value {
+        /// Profile name.
+        profile: String,
+        /// Dotted key that is wrong.
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+/// One appliance image's description, after `extends` has been applied.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    /// Name of the profile this one builds on (file `profiles/<name>.toml`).
+    pub extends: Option<String>,
+    /// One line saying what the image is for.
+    pub description: Option<String>,
+    /// Host name set at boot.
+    pub hostname: Option<String>,
+    /// Where packages come from.
+    #[serde(default)]
+    pub distribution: Distribution,
+    /// Which packages go into the image.
+    #[serde(default)]
+    pub packages: Packages,
+    /// Kernel modules and command line.
+    #[serde(default)]
+    pub kernel: Kernel,
+    /// Image encoding.
+    #[serde(default)]
+    pub image: Image,
+    /// NICs, bridges and addresses.
+    #[serde(default)]
+    pub network: Network,
+    /// Command channel for tests (QEMU guest agent).
+    #[serde(default)]
+    pub guest_agent: GuestAgent,
+    /// iSCSI target served by tgtd (storage node).
+    pub target: Option<Target>,
+    /// iSCSI initiator (hypervisor node).
+    pub initiator: Option<Initiator>,
+    /// dm-multipath (hypervisor node).
+    pub multipath: Option<Multipath>,
+    /// Supervised daemons and boot-time jobs, by name.
+    #[serde(default)]
+    pub services: BTreeMap<String, Service>,
+    /// Health checks run by `applbuild boot --check`.
+    #[serde(default)]
+    pub checks: Vec<Check>,
+    /// How `applbuild boot` runs the image in QEMU.
+    #[serde(default)]
+    pub qemu: QemuSettings,
+}
+
+/// The Debian repository the image is made from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Distribution {
+    /// Mirror URL; unset means the host's apt sources (or `--mirror`).
+    pub mirror: Option<String>,
+    /// Suite (codename).
+    #[serde(default = "default_suite")]
+    pub suite: String,
+    /// Archive components to read.
+    #[serde(default = "default_components")]
+    pub components: Vec<String>,
+    /// Debian architecture.
+    #[serde(default = "default_architecture")]
+    pub architecture: String,
+    /// OpenPGP keyring that must have signed the repository's InRelease.
+    #[serde(default = "default_keyring")]
+    pub keyring: PathBuf,
+}
+
+impl Default for Distribution {
+    fn default() -> Self {
+        Self {
+            mirror: None,
+            suite: default_suite(),
+            components: default_components(),
+            architecture: default_architecture(),
+            keyring: default_keyring(),
+        }
+    }
+}
+
+fn default_suite() -> String {
+    "bookworm".into()
+}
+fn default_components() -> Vec<String> {
+    vec!["main".into()]
+}
+fn default_architecture() -> String {
+    "amd64".into()
+}
+fn default_keyring() -> PathBuf {
+    PathBuf::from("/usr/share/keyrings/debian-archive-keyring.gpg")
+}
+
+/// Package selection.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Packages {
+    /// Packages wanted; their Depends/Pre-Depends closure is installed.
+    #[serde(default)]
+    pub include: Vec<String>,
+    /// Names chosen first when an alternative or a virtual package offers a choice.
+    #[serde(default)]
+    pub prefer: Vec<String>,
+    /// Names treated as present: dependencies on them are satisfied, they are not installed.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Extra glob patterns of paths left out of the image (`*` within a name, `**` across folders).
+    #[serde(default)]
+    pub drop_paths: Vec<String>,
+}
+
+/// Kernel settings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Kernel {
+    /// Modules kept in the image (with their dependencies) and loaded at boot, in this order.
+    #[serde(default)]
+    pub modules: Vec<String>,
+    /// Kernel command line words.
+    #[serde(default)]
+    pub cmdline: Vec<String>,
+}
+
+/// Image encoding.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Image {
+    /// zstd level of the initramfs segments (1–22).
+    #[serde(default = "default_compression_level")]
+    pub compression_level: i32,
+}
+
+impl Default for Image {
+    fn default() -> Self {
+        Self {
+            compression_level: default_compression_level(),
+        }
+    }
+}
+
+fn default_compression_level() -> i32 {
+    19
+}
+
+/// Network configuration applied at boot.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    /// Physical NICs, matched by MAC address and renamed to `name`.
+    #[serde(default)]
+    pub interfaces: Vec<Interface>,
+    /// Linux bridges.
+    #[serde(default)]
+    pub bridges: Vec<Bridge>,
+    /// Reverse-path filter (`net.ipv4.conf.*.rp_filter`); open-iscsi's
+    /// interface binding needs 0 or 2.
+    #[serde(default = "default_rp_filter")]
+    pub rp_filter: u8,
+}
+
+fn default_rp_filter() -> u8 {
+    2
+}
+
+/// One NIC.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Interface {
+    /// Name given to the NIC at boot (`eth0`).
+    pub name: String,
+    /// MAC address that identifies the NIC (QEMU is given the same one).
+    pub mac: String,
+    /// Address with prefix length, unless the NIC is a bridge port.
+    pub address: Option<String>,
+    /// Bridge this NIC is a port of.
+    pub bridge: Option<String>,
+    /// MTU.
+    pub mtu: Option<u32>,
+    /// Name of the virtual network QEMU attaches this NIC to (`san-a`).
+    pub network: String,
+}
+
+/// One Linux bridge.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bridge {
+    /// Bridge name (`br0`).
+    pub name: String,
+    /// Address with prefix length carried by the bridge.
+    pub address: Option<String>,
+}
+
+/// QEMU guest agent, the command channel tests use.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestAgent {
+    /// Install `qemu-guest-agent` and run it on its virtio-serial port.
+    #[serde(default)]
+    pub enabled: bool,
+}
+
+/// An iSCSI target served by tgtd.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    /// Target IQN.
+    pub iqn: String,
+    /// Portals (`ADDRESS:PORT`) tgtd listens on.
+    pub portals: Vec<String>,
+    /// Logical units.
+    pub luns: Vec<Lun>,
+    /// Initiator IQNs allowed to log in; empty allows any.
+    #[serde(default)]
+    pub allowed_initiators: Vec<String>,
+    /// Initiator addresses (or CIDR ranges) allowed to log in; empty allows any.
+    #[serde(default)]
+    pub allowed_addresses: Vec<String>,
+    /// CHAP credentials the initiator must present.
+    pub chap: Option<Chap>,
+    /// Credentials the target presents back (mutual CHAP).
+    pub mutual_chap: Option<Chap>,
+}
+
+/// One logical unit.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lun {
+    /// LUN number (tgt numbers backing stores from 1).
+    pub lun: u32,
+    /// Block device or file exported.
+    pub backing_store: String,
+    /// SCSI identifier: exactly 16 hex digits, so the WWID is known in advance.
+    pub scsi_id: String,
+    /// SCSI serial number.
+    pub scsi_sn: String,
+    /// Vendor identification (at most 8 characters).
+    #[serde(default = "default_vendor_id")]
+    pub vendor_id: String,
+}
+
+fn default_vendor_id() -> String {
+    "APPLBILD".into()
+}
+
+impl Lun {
+    /// The WWID Linux and multipath see for this LU: NAA type 6 built by tgt
+    /// from `scsi_id` read as hex digits.
+    pub fn wwid(&self) -> String {
+        format!("36{}{}", "0".repeat(15), self.scsi_id.to_ascii_lowercase())
+    }
+}
+
+/// CHAP user name and secret.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Chap {
+    /// User name.
+    pub username: String,
+    /// Secret (12 to 16 characters for interoperability).
+    pub secret: String,
+}
+
+/// The iSCSI initiator.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Initiator {
+    /// Initiator IQN written to `/etc/iscsi/initiatorname.iscsi`.
+    pub name: String,
+    /// Target IQN to log in to.
+    pub target: String,
+    /// Target portals to discover through (`ADDRESS:PORT`).
+    pub portals: Vec<String>,
+    /// iSCSI interfaces, each bound to one NIC.
+    pub ifaces: Vec<IscsiIface>,
+    /// Discover and log in to every path at boot.
+    #[serde(default = "default_true")]
+    pub login_at_boot: bool,
+    /// CHAP credentials presented to the target.
+    pub chap: Option<Chap>,
+    /// Credentials expected from the target (mutual CHAP).
+    pub mutual_chap: Option<Chap>,
+    /// Session timeouts.
+    #[serde(default)]
+    pub timeouts: IscsiTimeouts,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// An open-iscsi interface bound to a NIC.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IscsiIface {
+    /// iface name (`ibr0`).
+    pub name: String,
+    /// Network device it is bound to (`br0`).
+    pub netdev: String,
+}
+
+/// open-iscsi timeouts in seconds (`node.session.*`, `node.conn[0].*`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IscsiTimeouts {
+    /// NOP-Out ping interval.
+    pub noop_out_interval: u32,
+    /// How long a NOP-Out may go unanswered before the connection is failed.
+    pub noop_out_timeout: u32,
+    /// How long a failed session waits for a reconnect before failing I/O.
+    pub replacement_timeout: u32,
+    /// Login timeout.
+    pub login_timeout: u32,
+}
+
+impl Default for IscsiTimeouts {
+    fn default() -> Self {
+        Self {
+            noop_out_interval: 5,
+            noop_out_timeout: 5,
+            replacement_timeout: 120,
+            login_timeout: 15,
+        }
+    }
+}
+
+/// dm-multipath settings for the one multipath LU.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Multipath {
+    /// Name of the map (`/dev/mapper/<alias>`).
+    pub alias: String,
+    /// WWID of the LU (see [`Lun::wwid`]).
+    pub wwid: String,
+    /// Path checker interval in seconds.
+    #[serde(default = "default_polling_interval")]
+    pub polling_interval: u32,
+    /// Seconds before I/O on a lost path is failed over (`fast_io_fail_tmo`).
+    #[serde(default = "default_fast_io_fail_tmo")]
+    pub fast_io_fail_tmo: u32,
+    /// Checker intervals to queue I/O when no path is left (`queue` = forever).
+    #[serde(default = "default_no_path_retry")]
+    pub no_path_retry: String,
+    /// When to go back to a recovered path group.
+    #[serde(default = "default_failback")]
+    pub failback: String,
+    /// `failover`, `multibus`, …
+    #[serde(default = "default_grouping")]
+    pub path_grouping_policy: String,
+    /// dm path selector.
+    #[serde(default = "default_selector")]
+    pub path_selector: String,
+    /// Path checker.
+    #[serde(default = "default_checker")]
+    pub path_checker: String,
+}
+
+fn default_polling_interval() -> u32 {
+    5
+}
+fn default_fast_io_fail_tmo() -> u32 {
+    5
+}
+fn default_no_path_retry() -> String {
+    "queue".into()
+}
+fn default_failback() -> String {
+    "immediate".into()
+}
+fn default_grouping() -> String {
+    "multibus".into()
+}
+fn default_selector() -> String {
+    "service-time 0".into()
+}
+fn default_checker() -> String {
+    "tur".into()
+}
+
+/// A process the image's init starts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    /// Command line (rendered as a template with the profile as context).
+    pub command: String,
+    /// `daemon` (supervised, restarted when it dies) or `oneshot` (run once).
+    #[serde(default)]
+    pub kind: ServiceKind,
+    /// Command that succeeds once the service is ready (polled).
+    pub ready: Option<String>,
+    /// Commands run after each (re)start once `ready` succeeds.
+    #[serde(default)]
+    pub post_start: Vec<String>,
+    /// Services that must be ready before this one starts.
+    #[serde(default)]
+    pub after: Vec<String>,
+}
+
+/// How init treats a service.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceKind {
+    /// Long-running, restarted when it exits.
+    #[default]
+    Daemon,
+    /// Runs to completion once per boot.
+    Oneshot,
+}
+
+/// A health check run inside the booted image.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Check {
+    /// What the check proves.
+    pub name: String,
+    /// Shell command run in the guest; exit 0 passes.
+    pub command: String,
+    /// Each string must appear in the command's standard output.
+    #[serde(default)]
+    pub expect: Vec<String>,
+}
+
+/// How `applbuild boot` runs the image.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QemuSettings {
+    /// Guest memory in MiB.
+    #[serde(default = "default_memory")]
+    pub memory_mib: u32,
+    /// Virtual CPUs.
+    #[serde(default = "default_cpus")]
+    pub cpus: u32,
+    /// Raw virtual disks attached in order (virtio, serial number = name).
+    #[serde(default)]
+    pub disks: Vec<QemuDisk>,
+    /// CPU model under TCG (`-cpu`); `EPYC,+svm` offers nested SVM.
+    #[serde(default = "default_cpu_model")]
+    pub tcg_cpu: String,
+}
+
+impl Default for QemuSettings {
+    fn default() -> Self {
+        Self {
+            memory_mib: default_memory(),
+            cpus: default_cpus(),
+            disks: Vec::new(),
+            tcg_cpu: default_cpu_model(),
+        }
+    }
+}
+
+fn default_memory() -> u32 {
+    512
+}
+fn default_cpus() -> u32 {
+    1
+}
+fn default_cpu_model() -> String {
+    "max".into()
+}
+
+/// A virtual disk for `applbuild boot`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QemuDisk {
+    /// Serial number; the guest sees `/dev/disk/by-id/virtio-<name>`.
+    pub name: String,
+    /// Size in MiB.
+    pub size_mib: u64,
+}
+
+/// A profile with the chain of files it was made from.
+#[derive(Debug, Clone)]
+pub struct LoadedProfile {
+    /// Profile name (file stem).
+    pub name: String,
+    /// The merged, typed profile.
+    pub profile: Profile,
+    /// Files read, the profile's own first, then its ancestors.
+    pub files: Vec<PathBuf>,
+    /// The merged TOML (for `applbuild show`).
+    pub merged: toml::Table,
+}
+
+impl LoadedProfile {
+    /// SHA256 of the merged profile, recorded in the manifest.
+    pub fn digest(&self) -> String {
+        let canonical = serde_json::to_vec(&self.merged).expect("TOML tables serialize to JSON");
+        hex::encode(Sha256::digest(canonical))
+    }
+}
+
+/// Lists the profile names in `dir` (files `*.toml`), sorted.
+pub fn list(dir: &Path) -> Result<Vec<String>, ProfileError> {
+    let entries = std::fs::read_dir(dir).map_err(|source| ProfileError::Read {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let mut names: Vec<String> = entries
+        .filter_map(|entry| entry.ok())
+        .filter_map(|entry| {
+            let path = entry.path();
+            (path.extension()? == "toml").then(|| path.file_stem()?.to_str().map(String::from))?
+        })
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// Loads `dir/<name>.toml` with its `extends` chain, validated.
+pub fn load(dir: &Path, name: &str) -> Result<LoadedProfile, ProfileError> {
+    let mut chain: Vec<(PathBuf, toml::Table)> = Vec::new();
+    let mut next = Some(name.to_string());
+    while let Some(current) = next {
+        let path = dir.join(format!("{current}.toml"));
+        if chain.iter().any(|(seen, _)| *seen == path) {
+            let names: Vec<String> = chain.iter().map(|(p, _)| p.display().to_string()).collect();
+            return Err(ProfileError::ExtendsCycle(name.into(), names.join(" -> ")));
+        }
+        let table = read_checked(&path, &current)?;
+        next = table
+            .get("extends")
+            .and_then(|value| value.as_str())
+            .map(String::from);
+        chain.push((path, table));
+    }
+
+    let mut merged = toml::Table::new();
+    for (_, table) in chain.iter().rev() {
+        merge_into(&mut merged, table, "");
+    }
+    merged.remove("extends");
+    let profile: Profile = toml::Value::Table(merged.clone())
+        .try_into()
+        .map_err(|error: toml::de::Error| ProfileError::Value {
+            profile: name.into(),
+            key: "(merged profile)".into(),
+            message: error.message().to_string(),
+        })?;
+    validate(name, &profile)?;
+    Ok(LoadedProfile {
+        name: name.into(),
+        profile,
+        files: chain.into_iter().map(|(path, _)| path).collect(),
+        merged,
+    })
+}
+
+/// Reads one file and checks it alone against the schema, for errors with positions.
+fn read_checked(path: &Path, name: &str) -> Result<toml::Table, ProfileError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ProfileError::NotFound {
+                name: name.into(),
+                path: path.to_path_buf(),
+            });
+        }
+        Err(source) => {
+            return Err(ProfileError::Read {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let positioned = |error: toml::de::Error| invalid_at(path, &text, &error);
+    toml::from_str::<Profile>(&text).map_err(positioned)?;
+    toml::from_str::<toml::Table>(&text).map_err(positioned)
+}
+
+fn invalid_at(path: &Path, text: &str, error: &toml::de::Error) -> ProfileError {
+    let offset = error.span().map_or(0, |span| span.start);
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = offset - line_start + 1;
+    let line_text = text[line_start..].lines().next().unwrap_or("");
+    let key_note = line_text
+        .split_once('=')
+        .map(|(key, _)| key.trim())
+        .filter(|key| !key.is_empty() && !key.starts_with('['))
+        .map(|key| format!("key `{key}`: "))
+        .unwrap_or_default();
+    ProfileError::Invalid {
+        path: path.to_path_buf(),
+        line,
+        column,
+        key_note,
+        message: error.message().trim().to_string(),
+    }
+}
+
+fn merge_into(base: &mut toml::Table, overlay: &toml::Table, prefix: &str) {
+    for (key, value) in overlay {
+        let dotted = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        match (base.get_mut(key), value) {
+            (Some(toml::Value::Table(existing)), toml::Value::Table(child)) => {
+                merge_into(existing, child, &dotted);
+            }
+            (Some(toml::Value::Array(existing)), toml::Value::Array(child))
+                if ADDITIVE_LISTS.contains(&dotted.as_str()) =>
+            {
+                for item in child {
+                    if !existing.contains(item) {
+                        existing.push(item.clone());
+                    }
+                }
+            }
+            _ => {
+                base.insert(key.clone(), value.clone());
+            }
+        }
+    }
+}
+
+fn validate(name: &str, profile: &Profile) -> Result<(), ProfileError> {
+    let fail = |key: &str, message: String| ProfileError::Value {
+        profile: name.into(),
+        key: key.into(),
+        message,
+    };
+    if profile.packages.include.is_empty() {
+        return Err(fail("packages.include", "no packages listed".into()));
+    }
+    if !(1..=22).contains(&profile.image.compression_level) {
+        return Err(fail(
+            "image.compression_level",
+            format!("{} is not a zstd level (1 to 22)", profile.image.compression_level),
+        ));
+    }
+    for (index, interface) in profile.network.interfaces.iter().enumerate() {
+        if !is_mac(&interface.mac) {
+            return Err(fail(
+                &format!("network.interfaces[{index}].mac"),
+                format!("`{}` is not a MAC address like 52:54:00:00:00:01", interface.mac),
+            ));
+        }
+        if let Some(bridge) = &interface.bridge
+            && !profile.network.bridges.iter().any(|b| &b.name == bridge)
+        {
+            return Err(fail(
+                &format!("network.interfaces[{index}].bridge"),
+                format!("no bridge `{bridge}` in network.bridges"),
+            ));
+        }
+    }
+    if let Some(target) = &profile.target {
+        for (index, lun) in target.luns.iter().enumerate() {
+            if lun.scsi_id.len() != 16 || !lun.scsi_id.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err(fail(
+                    &format!("target.luns[{index}].scsi_id"),
+                    format!(
+                        "`{}` must be exactly 16 hex digits (tgt reads it as hex to build the WWID)",
+                        lun.scsi_id
+                    ),
+                ));
+            }
+            if lun.vendor_id.len() > 8 {
+                return Err(fail(
+                    &format!("target.luns[{index}].vendor_id"),
+                    "at most 8 characters".into(),
+                ));
+            }
+        }
+        check_portals("target.portals", &target.portals, &fail)?;
+    }
+    if let Some(initiator) = &profile.initiator {
+        check_portals("initiator.portals", &initiator.portals, &fail)?;
+        let netdevs: Vec<&str> = profile
+            .network
+            .interfaces
+            .iter()
+            .map(|i| i.name.as_str())
+            .chain(profile.network.bridges.iter().map(|b| b.name.as_str()))
+            .collect();
+        for (index, iface) in initiator.ifaces.iter().enumerate() {
+            if !netdevs.contains(&iface.netdev.as_str()) {
+                return Err(fail(
+                    &format!("initiator.ifaces[{index}].netdev"),
+                    format!("`{}` is neither an interface nor a bridge of network", iface.netdev),
+                ));
+            }
+        }
+    }
+    for (service, definition) in &profile.services {
+        for dependency in &definition.after {
+            if !profile.services.contains_key(dependency) {
+                return Err(fail(
+                    &format!("services.{service}.after"),
+                    format!("no service `{dependency}`"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_portals<F>(key: &str, portals: &[String], fail: &F) -> Result<(), ProfileError>
+where
+    F: Fn(&str, String) -> ProfileError,
+{
+    for portal in portals {
+        let valid = portal
+            .rsplit_once(':')
+            .is_some_and(|(address, port)| {
+                address.parse::<std::net::IpAddr>().is_ok() && port.parse::<u16>().is_ok()
+            });
+        if !valid {
+            return Err(fail(key, format!("`{portal}` is not ADDRESS:PORT")));
+        }
+    }
+    Ok(())
+}
+
+fn is_mac(text: &str) -> bool {
+    let parts: Vec<&str> = text.split(':').collect();
+    parts.len() == 6
+        && parts
+            .iter()
+            .all(|part| part.len() == 2 && part.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+impl fmt::Display for ServiceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ServiceKind::Daemon => "daemon",
+            ServiceKind::Oneshot => "oneshot",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn project_profiles() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles")
+    }
+
+    fn write(dir: &Path, name: &str, text: &str) {
+        std::fs::write(dir.join(format!("{name}.toml")), text).unwrap();
+    }
+
+    #[test]
+    fn project_profiles_load() {
+        let names = list(&project_profiles()).unwrap();
+        for name in ["base", "hypervisor", "storage"] {
+            assert!(names.contains(&name.to_string()), "{names:?}");
+        }
+        let storage = load(&project_profiles(), "storage").unwrap();
+        assert_eq!(storage.files.len(), 2);
+        assert!(storage.profile.packages.include.contains(&"busybox".to_string()));
+        assert!(storage.profile.packages.include.contains(&"tgt".to_string()));
+        assert!(storage.profile.kernel.modules.contains(&"virtio_net".to_string()));
+        assert_eq!(storage.profile.target.as_ref().unwrap().portals.len(), 2);
+    }
+
+    #[test]
+    fn hypervisor_wwid_is_the_storage_lun_wwid() {
+        let storage = load(&project_profiles(), "storage").unwrap().profile;
+        let hypervisor = load(&project_profiles(), "hypervisor").unwrap().profile;
+        let lun = &storage.target.unwrap().luns[0];
+        assert_eq!(lun.wwid(), hypervisor.multipath.unwrap().wwid);
+    }
+
+    #[test]
+    fn wwid_follows_tgt_naa6_rule() {
+        let lun = Lun {
+            lun: 1,
+            backing_store: "/dev/vdb".into(),
+            scsi_id: "0123456789abcdef".into(),
+            scsi_sn: "x".into(),
+            vendor_id: default_vendor_id(),
+        };
+        assert_eq!(lun.wwid(), "360000000000000000123456789abcdef");
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "p", "hostname = \"x\"\n\n[packages]\ninclude = [\"busybox\"]\nincludes = [\"tgt\"]\n");
+        let error = load(dir.path(), "p").unwrap_err().to_string();
+        assert!(error.contains("p.toml:5:"), "{error}");
+        assert!(error.contains("unknown field `includes`"), "{error}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "p", "[packages]\ninclude = [\"busybox\"]\n[image]\ncompression_level = \"high\"\n");
+        let error = load(dir.path(), "p").unwrap_err().to_string();
+        assert!(error.contains("p.toml:4:"), "{error}");
+        assert!(error.contains("key `compression_level`"), "{error}");
+    }
+
+    #[test]
+    fn lists_accumulate_and_scalars_replace_along_extends() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "base", "hostname = \"base\"\n[packages]\ninclude = [\"busybox\"]\n[kernel]\nmodules = [\"a\"]\n");
+        write(dir.path(), "child", "extends = \"base\"\nhostname = \"child\"\n[packages]\ninclude = [\"tgt\", \"busybox\"]\n[kernel]\nmodules = [\"b\"]\n");
+        let child = load(dir.path(), "child").unwrap();
+        assert_eq!(child.profile.hostname.as_deref(), Some("child"));
+        assert_eq!(child.profile.packages.include, ["busybox", "tgt"]);
+        assert_eq!(child.profile.kernel.modules, ["a", "b"]);
+        assert!(!child.merged.contains_key("extends"));
+    }
+
+    #[test]
+    fn extends_cycle_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "a", "extends = \"b\"\n");
+        write(dir.path(), "b", "extends = \"a\"\n");
+        let error = load(dir.path(), "a").unwrap_err();
+        assert!(matches!(error, ProfileError::ExtendsCycle(..)), "{error}");
+    }
+
+    #[test]
+    fn missing_parent_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "a", "extends = \"nothere\"\n");
+        let error = load(dir.path(), "a").unwrap_err().to_string();
+        assert!(error.contains("profile `nothere` not found"), "{error}");
+    }
+
+    #[test]
+    fn non_hex_scsi_id_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "s",
+            "[packages]\ninclude = [\"tgt\"]\n[target]\niqn = \"iqn.x:t\"\nportals = [\"192.0.2.1:3260\"]\n[[target.luns]]\nlun = 1\nbacking_store = \"/dev/vdb\"\nscsi_id = \"IET00010001\"\nscsi_sn = \"s\"\n",
+        );
+        let error = load(dir.path(), "s").unwrap_err().to_string();
+        assert!(error.contains("target.luns[0].scsi_id"), "{error}");
+    }
+
+    #[test]
+    fn digest_changes_with_content() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "p", "[packages]\ninclude = [\"busybox\"]\n");
+        let first = load(dir.path(), "p").unwrap().digest();
+        write(dir.path(), "p", "[packages]\ninclude = [\"busybox\", \"tgt\"]\n");
+        assert_ne!(first, load(dir.path(), "p").unwrap().digest());
+    }
+}

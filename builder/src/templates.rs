@@ -1,0 +1,88 @@
+//! Renders minijinja templates (overlay `*.j2` files, service commands,
+//! health checks) with the profile as context. Undefined values are errors,
+//! so a typo in a template fails the build instead of rendering empty text.
+
+use minijinja::{Environment, UndefinedBehavior};
+use serde::Serialize;
+
+/// A template that did not render, with where it came from.
+#[derive(Debug, thiserror::Error)]
+#[error("template {name}{line}: {message}")]
+pub struct TemplateError {
+    /// Template name: a file path or a dotted profile key.
+    pub name: String,
+    /// `:LINE` when minijinja knows the line, else empty.
+    pub line: String,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// A renderer bound to one context value.
+pub struct Renderer {
+    context: minijinja::Value,
+}
+
+impl Renderer {
+    /// Builds a renderer; `context` is usually the merged profile plus a `build` table.
+    pub fn new(context: &impl Serialize) -> Self {
+        Self {
+            context: minijinja::Value::from_serialize(context),
+        }
+    }
+
+    /// Renders `source`; `name` says where it came from in errors.
+    pub fn render(&self, name: &str, source: &str) -> Result<String, TemplateError> {
+        let mut environment = Environment::new();
+        environment.set_undefined_behavior(UndefinedBehavior::Strict);
+        environment.set_keep_trailing_newline(true);
+        environment
+            .add_template(name, source)
+            .and_then(|()| environment.get_template(name)?.render(&self.context))
+            .map_err(|error| TemplateError {
+                name: name.to_string(),
+                line: error.line().map(|line| format!(":{line}")).unwrap_or_default(),
+                message: describe(&error),
+            })
+    }
+}
+
+fn describe(error: &minijinja::Error) -> String {
+    let mut message = error.detail().map_or_else(|| error.kind().to_string(), String::from);
+    if error.detail().is_some() {
+        message = format!("{}: {message}", error.kind());
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn renders_profile_values() {
+        let renderer = Renderer::new(&json!({"target": {"iqn": "iqn.x:y", "portals": ["a", "b"]}}));
+        let text = renderer
+            .render("t", "<target {{ target.iqn }}> {{ target.portals | join(',') }}\n")
+            .unwrap();
+        assert_eq!(text, "<target iqn.x:y> a,b\n");
+    }
+
+    #[test]
+    fn undefined_value_names_template_and_line() {
+        let renderer = Renderer::new(&json!({"target": {}}));
+        let error = renderer
+            .render("etc/tgt/targets.conf.j2", "line one\n{{ target.iqn }}\n")
+            .unwrap_err();
+        assert_eq!(error.name, "etc/tgt/targets.conf.j2");
+        assert_eq!(error.line, ":2");
+        assert!(error.to_string().contains("undefined"), "{error}");
+    }
+
+    #[test]
+    fn syntax_error_is_reported() {
+        let renderer = Renderer::new(&json!({}));
+        let error = renderer.render("x.j2", "{% for %}").unwrap_err();
+        assert!(error.to_string().starts_with("template x.j2:1: syntax error"), "{error}");
+    }
+}
