@@ -1,0 +1,257 @@
+//! `applbuild boot`: runs a built image in QEMU with the profile's NICs and
+//! disks, either on the terminal or headless with health checks.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::profile::LoadedProfile;
+use crate::qemu::{Accel, Disk, NetBackend, Nic, QemuError, RunningVm, VmSpec};
+use crate::qga::{QgaClient, QgaError};
+use crate::templates::{Renderer, TemplateError};
+
+/// The line the image's init prints once every service is ready.
+pub const READY_MARKER: &str = "APPLBUILD-READY";
+
+/// What can go wrong booting an image.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    /// QEMU could not be run.
+    #[error(transparent)]
+    Qemu(#[from] QemuError),
+    /// A disk image could not be made.
+    #[error("cannot create disk {path}: {source}")]
+    Disk {
+        /// The disk file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The guest never printed its ready line.
+    #[error("{profile}: no `{READY_MARKER}` line within {waited:?}; serial log: {log}{detail}")]
+    NotReady {
+        /// Profile.
+        profile: String,
+        /// How long we waited.
+        waited: Duration,
+        /// Serial log file.
+        log: PathBuf,
+        /// The kernel's fatal lines, if any.
+        detail: String,
+    },
+    /// The guest agent failed.
+    #[error(transparent)]
+    Agent(#[from] QgaError),
+    /// A check's command or expectation is not a valid template.
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    /// `--check` needs the guest agent.
+    #[error("profile `{0}` has no guest agent: set [guest_agent] enabled = true to run checks")]
+    NoAgent(String),
+}
+
+/// The result of one health check.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckResult {
+    /// Check name from the profile.
+    pub name: String,
+    /// Whether it passed.
+    pub passed: bool,
+    /// The command as run.
+    pub command: String,
+    /// Exit code, output and missing expectations when it failed.
+    pub detail: String,
+    /// How long it took, in seconds.
+    pub seconds: f64,
+}
+
+/// The result of `boot --check`.
+#[derive(Debug, Clone, Serialize)]
+pub struct BootReport {
+    /// Profile.
+    pub profile: String,
+    /// Accelerator used.
+    pub accel: Accel,
+    /// From starting QEMU to the ready line, in seconds.
+    pub boot_to_ready_seconds: f64,
+    /// The guest's own uptime when it printed the ready line.
+    pub guest_uptime_seconds: Option<f64>,
+    /// Each check.
+    pub checks: Vec<CheckResult>,
+    /// Serial console log.
+    pub serial_log: PathBuf,
+    /// Whether every check passed.
+    pub passed: bool,
+}
+
+/// Describes the VM for a profile's image: one NIC per profile interface on
+/// the network `backend_for` chooses, the profile's disks created in `run_dir`.
+pub fn vm_spec(
+    loaded: &LoadedProfile,
+    image_dir: &Path,
+    run_dir: &Path,
+    accel: Accel,
+    backend_for: &dyn Fn(&str) -> NetBackend,
+) -> Result<VmSpec, BootError> {
+    let profile = &loaded.profile;
+    let mut disks = Vec::new();
+    for disk in &profile.qemu.disks {
+        let path = run_dir.join(format!("{}.raw", disk.name));
+        if !path.exists() {
+            let file = std::fs::File::create(&path).map_err(|source| BootError::Disk {
+                path: path.clone(),
+                source,
+            })?;
+            file.set_len(disk.size_mib << 20).map_err(|source| BootError::Disk {
+                path: path.clone(),
+                source,
+            })?;
+        }
+        disks.push(Disk {
+            path,
+            serial: disk.name.clone(),
+        });
+    }
+    let nics = profile
+        .network
+        .interfaces
+        .iter()
+        .map(|interface| Nic {
+            id: interface.network.clone(),
+            mac: interface.mac.clone(),
+            backend: backend_for(&interface.network),
+        })
+        .collect();
+    Ok(VmSpec {
+        name: loaded.name.clone(),
+        kernel: image_dir.join("vmlinuz"),
+        initrd: image_dir.join("initrd.img"),
+        cmdline: profile.kernel.cmdline.join(" "),
+        memory_mib: profile.qemu.memory_mib,
+        cpus: profile.qemu.cpus,
+        accel,
+        tcg_cpu: profile.qemu.tcg_cpu.clone(),
+        nics,
+        disks,
+        qmp_socket: run_dir.join("qmp.sock"),
+        qga_socket: profile.guest_agent.enabled.then(|| run_dir.join("qga.sock")),
+    })
+}
+
+/// A hub per network name, so each NIC of a lone VM has a carrier and a
+/// network of its own.
+pub fn hub_backends(loaded: &LoadedProfile) -> impl Fn(&str) -> NetBackend + use<> {
+    let hubs: BTreeMap<String, u32> = loaded
+        .profile
+        .network
+        .interfaces
+        .iter()
+        .enumerate()
+        .map(|(index, interface)| (interface.network.clone(), index as u32))
+        .collect();
+    move |network: &str| NetBackend::Hub {
+        hub: hubs.get(network).copied().unwrap_or(0),
+    }
+}
+
+/// Boots headless, waits for the ready line, runs the profile's checks over
+/// the guest agent, then powers the VM off.
+pub fn check(loaded: &LoadedProfile, spec: VmSpec, run_dir: &Path, ready_timeout: Duration) -> Result<BootReport, BootError> {
+    if !loaded.profile.guest_agent.enabled {
+        return Err(BootError::NoAgent(loaded.name.clone()));
+    }
+    let accel = spec.accel;
+    let qga_socket = spec.qga_socket.clone().expect("agent enabled");
+    let serial_log = run_dir.join("serial.log");
+    let mut vm = RunningVm::start(spec, &serial_log)?;
+    let Some(ready_line) = vm.wait_for_line(READY_MARKER, ready_timeout) else {
+        let fatal = crate::qemu::fatal_lines(&vm.console());
+        let detail = if fatal.is_empty() {
+            String::new()
+        } else {
+            format!("\n  {}", fatal.join("\n  "))
+        };
+        return Err(BootError::NotReady {
+            profile: loaded.name.clone(),
+            waited: ready_timeout,
+            log: serial_log,
+            detail,
+        });
+    };
+    let boot_to_ready_seconds = vm.started.elapsed().as_secs_f64();
+    let guest_uptime_seconds = ready_line
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix("uptime="))
+        .and_then(|value| value.parse().ok());
+
+    let renderer = Renderer::new(&check_context(loaded));
+    let command_timeout = Duration::from_secs(30 * u64::from(accel.timeout_scale()));
+    let mut agent = QgaClient::connect(&qga_socket, command_timeout)?;
+    let mut checks = Vec::new();
+    for (index, check) in loaded.profile.checks.iter().enumerate() {
+        let command = renderer.render(&format!("checks[{index}].command"), &check.command)?;
+        let expectations = check
+            .expect
+            .iter()
+            .enumerate()
+            .map(|(n, text)| renderer.render(&format!("checks[{index}].expect[{n}]"), text))
+            .collect::<Result<Vec<_>, _>>()?;
+        let started = Instant::now();
+        let output = agent.exec_shell(&command, command_timeout)?;
+        let missing: Vec<&String> = expectations
+            .iter()
+            .filter(|expected| !output.stdout.contains(expected.as_str()))
+            .collect();
+        let passed = output.success() && missing.is_empty();
+        let detail = if passed {
+            String::new()
+        } else {
+            format!(
+                "exit code {}; missing {:?}\nstdout:\n{}stderr:\n{}",
+                output.exit_code, missing, output.stdout, output.stderr
+            )
+        };
+        checks.push(CheckResult {
+            name: check.name.clone(),
+            passed,
+            command,
+            detail,
+            seconds: started.elapsed().as_secs_f64(),
+        });
+    }
+    let fatal = crate::qemu::fatal_lines(&vm.console());
+    if !fatal.is_empty() {
+        checks.push(CheckResult {
+            name: "serial console free of kernel errors".into(),
+            passed: false,
+            command: String::new(),
+            detail: fatal.join("\n"),
+            seconds: 0.0,
+        });
+    }
+    // The guest's power-off is not awaited: nothing on the initramfs needs
+    // flushing, and QEMU exits on the halt (-no-reboot).
+    let _ = agent.exec_shell("poweroff -f &", Duration::from_secs(5));
+    vm.stop(Duration::from_secs(10));
+    let passed = checks.iter().all(|check| check.passed);
+    Ok(BootReport {
+        profile: loaded.name.clone(),
+        accel,
+        boot_to_ready_seconds,
+        guest_uptime_seconds,
+        checks,
+        serial_log,
+        passed,
+    })
+}
+
+/// Template context of health checks: the merged profile plus `build.profile`.
+pub fn check_context(loaded: &LoadedProfile) -> toml::Table {
+    let mut context = loaded.merged.clone();
+    let mut build = toml::Table::new();
+    build.insert("profile".into(), toml::Value::String(loaded.name.clone()));
+    context.insert("build".into(), toml::Value::Table(build));
+    context
+}
