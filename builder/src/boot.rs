@@ -104,10 +104,11 @@ pub fn vm_spec(
                 path: path.clone(),
                 source,
             })?;
-            file.set_len(disk.size_mib << 20).map_err(|source| BootError::Disk {
-                path: path.clone(),
-                source,
-            })?;
+            file.set_len(disk.size_mib << 20)
+                .map_err(|source| BootError::Disk {
+                    path: path.clone(),
+                    source,
+                })?;
         }
         disks.push(Disk {
             path,
@@ -136,7 +137,10 @@ pub fn vm_spec(
         nics,
         disks,
         qmp_socket: run_dir.join("qmp.sock"),
-        qga_socket: profile.guest_agent.enabled.then(|| run_dir.join("qga.sock")),
+        qga_socket: profile
+            .guest_agent
+            .enabled
+            .then(|| run_dir.join("qga.sock")),
     })
 }
 
@@ -158,7 +162,12 @@ pub fn hub_backends(loaded: &LoadedProfile) -> impl Fn(&str) -> NetBackend + use
 
 /// Boots headless, waits for the ready line, runs the profile's checks over
 /// the guest agent, then powers the VM off.
-pub fn check(loaded: &LoadedProfile, spec: VmSpec, run_dir: &Path, ready_timeout: Duration) -> Result<BootReport, BootError> {
+pub fn check(
+    loaded: &LoadedProfile,
+    spec: VmSpec,
+    run_dir: &Path,
+    ready_timeout: Duration,
+) -> Result<BootReport, BootError> {
     if !loaded.profile.guest_agent.enabled {
         return Err(BootError::NoAgent(loaded.name.clone()));
     }
@@ -247,11 +256,11 @@ pub fn check(loaded: &LoadedProfile, spec: VmSpec, run_dir: &Path, ready_timeout
     })
 }
 
-/// Template context of health checks: the merged profile plus `build.profile`.
-pub fn check_context(loaded: &LoadedProfile) -> toml::Table {
-    let mut context = loaded.merged.clone();
-    let mut build = toml::Table::new();
-    build.insert("profile".into(), toml::Value::String(loaded.name.clone()));
-    context.insert("build".into(), toml::Value::Table(build));
+/// Template context of health checks and service commands: the typed
+/// profile (every key present, unset ones null, so templates can test them)
+/// plus `build.profile`.
+pub fn check_context(loaded: &LoadedProfile) -> serde_json::Value {
+    let mut context = serde_json::to_value(&loaded.profile).expect("profiles serialize to JSON");
+    context["build"] = serde_json::json!({ "profile": loaded.name });
     context
 }

@@ -1,1 +1,432 @@
-fn main() {}
+//! The `applbuild` command line.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+
+use applbuild::boot::{self, BootReport};
+use applbuild::pipeline::{self, BuildOptions, BuildReport, Project};
+use applbuild::profile;
+use applbuild::progress::Reporter;
+use applbuild::qemu::{self, Accel};
+
+/// Builds minimal appliance images for an iSCSI-multipath KVM cluster from
+/// verified Debian packages, and boots them in QEMU.
+///
+/// A profile (profiles/NAME.toml) names the packages, kernel modules,
+/// network, services and health checks of one image; rootfs-overlay/common
+/// and rootfs-overlay/NAME add files, where `*.j2` files are minijinja
+/// templates rendered from the profile.
+///
+/// Typical use:
+///   applbuild list                      # the profiles
+///   applbuild show hypervisor           # the profile after `extends`, and its packages
+///   applbuild build storage hypervisor  # out/storage/, out/hypervisor/
+///   applbuild boot storage              # serial console on this terminal (Ctrl-a x quits)
+///   applbuild boot storage --check      # headless: boot, health checks, power off
+#[derive(Parser)]
+#[command(name = "applbuild", version, verbatim_doc_comment)]
+struct Cli {
+    /// Project folder holding profiles/, rootfs-overlay/ and applbuild.lock
+    /// [default: the nearest folder upwards from here that has profiles/]
+    #[arg(long, global = true, value_name = "DIR")]
+    project: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build images: out/<profile>/{vmlinuz,initrd.img,manifest.json,SHA256SUMS}.
+    ///
+    /// Fetches the suite's InRelease (verified against the keyring), the
+    /// Packages index (SHA256 from Release) and every .deb (SHA256 from
+    /// Packages) into the cache, resolves dependencies (Recommends are not
+    /// installed), unpacks the packages without root, keeps only the kernel
+    /// modules the profile lists (and their dependencies), applies the
+    /// overlay and writes the initramfs. The previous output stays intact
+    /// until the new one is complete. Versions are recorded in applbuild.lock
+    /// and reused by later builds.
+    Build {
+        /// Profiles to build, in order.
+        #[arg(required = true, value_name = "PROFILE")]
+        profiles: Vec<String>,
+        #[command(flatten)]
+        build: BuildArgs,
+        /// Print a JSON report on standard output instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the profiles.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a profile after `extends`, and the package set it resolves to.
+    Show {
+        /// Profile name.
+        profile: String,
+        #[command(flatten)]
+        build: BuildArgs,
+        /// Only the merged profile; do not read the repository.
+        #[arg(long)]
+        no_packages: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Boot an image in QEMU with the profile's two NICs (built first when
+    /// missing or stale).
+    ///
+    /// Without --check the serial console is this terminal (Ctrl-a x quits
+    /// QEMU). With --check QEMU runs headless: applbuild waits for the
+    /// image's ready line, runs the profile's health checks through the QEMU
+    /// guest agent, powers off, prints the boot-to-ready time and exits 0 only
+    /// if every check passed.
+    Boot {
+        /// Profile name.
+        profile: String,
+        /// Run headless and check health instead of attaching the console.
+        #[arg(long)]
+        check: bool,
+        /// CPU accelerator; `auto` uses KVM only after a probe boot succeeds.
+        #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
+        accel: AccelChoice,
+        /// Seconds to wait for the ready line [default: 60 under KVM, 240 under TCG].
+        #[arg(long, value_name = "SECONDS")]
+        timeout: Option<u64>,
+        /// Print the --check report as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        build: BuildArgs,
+    },
+    /// Remove built images (and with --cache, the download cache).
+    Clean {
+        /// Output folder.
+        #[arg(long, default_value = "out", value_name = "DIR")]
+        out: PathBuf,
+        /// Cache folder [default: $XDG_CACHE_HOME/applbuild or ~/.cache/applbuild].
+        #[arg(long, value_name = "DIR")]
+        cache_dir: Option<PathBuf>,
+        /// Also remove the cache of downloaded and unpacked packages.
+        #[arg(long)]
+        cache: bool,
+    },
+}
+
+#[derive(Args, Clone)]
+struct BuildArgs {
+    /// Output folder; each profile gets a subfolder.
+    #[arg(long, default_value = "out", value_name = "DIR")]
+    out: PathBuf,
+    /// Cache folder [default: $XDG_CACHE_HOME/applbuild or ~/.cache/applbuild].
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Debian mirror URL [default: the profile's, else the host's apt sources].
+    #[arg(long, value_name = "URL")]
+    mirror: Option<String>,
+    /// OpenPGP keyring that must have signed the repository [default: the profile's].
+    #[arg(long, value_name = "FILE")]
+    keyring: Option<PathBuf>,
+    /// Fail if the resolved packages differ from applbuild.lock.
+    #[arg(long)]
+    locked: bool,
+    /// Use only the cache: no network.
+    #[arg(long)]
+    offline: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum AccelChoice {
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let project = match &cli.project {
+        Some(dir) => Project::at(dir),
+        None => Project::find(&std::env::current_dir()?)?,
+    };
+    match cli.command {
+        Command::Build {
+            profiles,
+            build,
+            json,
+        } => {
+            let options = build_options(&build, json);
+            let mut reports = Vec::new();
+            for name in &profiles {
+                let report = pipeline::build(&project, name, &options)
+                    .with_context(|| format!("building profile `{name}`"))?;
+                if !json {
+                    print_build(&report);
+                }
+                reports.push(report);
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&reports)?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::List { json } => {
+            let names = profile::list(&project.profiles_dir())?;
+            let mut rows = Vec::new();
+            for name in &names {
+                let loaded = profile::load(&project.profiles_dir(), name)?;
+                rows.push(serde_json::json!({
+                    "name": name,
+                    "extends": loaded.files.len() > 1,
+                    "description": loaded.profile.description.clone().unwrap_or_default(),
+                }));
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                for row in rows {
+                    println!(
+                        "{:<12} {}",
+                        row["name"].as_str().unwrap_or(""),
+                        row["description"].as_str().unwrap_or("")
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Show {
+            profile: name,
+            build,
+            no_packages,
+            json,
+        } => {
+            let loaded = profile::load(&project.profiles_dir(), &name)?;
+            let packages = if no_packages {
+                None
+            } else {
+                Some(pipeline::resolve(
+                    &project,
+                    &loaded,
+                    &build_options(&build, json),
+                )?)
+            };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "profile": name,
+                        "files": loaded.files,
+                        "merged": loaded.merged,
+                        "packages": packages,
+                    }))?
+                );
+            } else {
+                let files: Vec<String> = loaded
+                    .files
+                    .iter()
+                    .map(|f| f.display().to_string())
+                    .collect();
+                println!("# profile {name} (from {})", files.join(", "));
+                println!("{}", toml::to_string_pretty(&loaded.merged)?);
+                if let Some(resolved) = packages {
+                    println!(
+                        "# {} packages, {} KiB installed",
+                        resolved.packages.len(),
+                        resolved.installed_kib
+                    );
+                    for package in &resolved.packages {
+                        println!("{:<40} {}", package.name, package.version);
+                    }
+                    for change in &resolved.lock_changes {
+                        println!("# lock: {change}");
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Boot {
+            profile: name,
+            check,
+            accel,
+            timeout,
+            json,
+            build,
+        } => {
+            let options = build_options(&build, json);
+            let loaded = profile::load(&project.profiles_dir(), &name)?;
+            let image_dir = options.out_dir.join(&name);
+            if !pipeline::is_up_to_date(&project, &loaded, &image_dir) {
+                if !json {
+                    eprintln!("applbuild: {name}: image missing or stale, building first");
+                }
+                let report = pipeline::build(&project, &name, &options)?;
+                if !json {
+                    print_build(&report);
+                }
+            }
+            let run_dir = image_dir.join("run");
+            std::fs::create_dir_all(&run_dir)
+                .with_context(|| format!("creating {}", run_dir.display()))?;
+            let accel = choose_accel(accel, &image_dir.join("vmlinuz"), &run_dir);
+            let spec = boot::vm_spec(
+                &loaded,
+                &image_dir,
+                &run_dir,
+                accel,
+                &boot::hub_backends(&loaded),
+            )?;
+            if !check {
+                let mut spec = spec;
+                spec.cmdline.push_str(" applbuild.shell=1");
+                return boot_interactive(&spec);
+            }
+            let ready_timeout =
+                Duration::from_secs(timeout.unwrap_or(60 * u64::from(accel.timeout_scale())));
+            let report = boot::check(&loaded, spec, &run_dir, ready_timeout)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_boot(&report);
+            }
+            Ok(if report.passed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Clean {
+            out,
+            cache_dir,
+            cache,
+        } => {
+            remove_dir(&out)?;
+            if cache {
+                remove_dir(&cache_dir.unwrap_or_else(pipeline::default_cache_dir))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn build_options(args: &BuildArgs, json: bool) -> BuildOptions {
+    BuildOptions {
+        out_dir: args.out.clone(),
+        cache_dir: args
+            .cache_dir
+            .clone()
+            .unwrap_or_else(pipeline::default_cache_dir),
+        mirror: args.mirror.clone(),
+        keyring: args.keyring.clone(),
+        locked: args.locked,
+        offline: args.offline,
+        reporter: if json {
+            Reporter::hidden()
+        } else {
+            Reporter::for_terminal()
+        },
+        apt_root: PathBuf::from("/"),
+    }
+}
+
+fn choose_accel(choice: AccelChoice, kernel: &Path, scratch: &Path) -> Accel {
+    match choice {
+        AccelChoice::Kvm => Accel::Kvm,
+        AccelChoice::Tcg => Accel::Tcg,
+        AccelChoice::Auto if qemu::kvm_works(kernel, scratch) => Accel::Kvm,
+        AccelChoice::Auto => Accel::Tcg,
+    }
+}
+
+fn boot_interactive(spec: &qemu::VmSpec) -> Result<ExitCode> {
+    eprintln!(
+        "applbuild: serial console follows; Ctrl-a x quits QEMU, Ctrl-a c toggles its monitor"
+    );
+    let status = std::process::Command::new(qemu::QEMU_BINARY)
+        .args(spec.interactive_args())
+        .status()
+        .with_context(|| format!("starting {}", qemu::QEMU_BINARY))?;
+    Ok(if status.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn remove_dir(dir: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => {
+            eprintln!("removed {}", dir.display());
+            Ok(())
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(error) => bail!("cannot remove {}: {error}", dir.display()),
+    }
+}
+
+fn print_build(report: &BuildReport) {
+    println!(
+        "{}: {} packages, rootfs {:.1} MiB -> initrd {:.1} MiB, vmlinuz {:.1} MiB in {:.1} s ({} downloaded, {} from cache)",
+        report.profile,
+        report.packages,
+        report.rootfs_bytes as f64 / 1048576.0,
+        report.initrd_bytes as f64 / 1048576.0,
+        report.kernel_bytes as f64 / 1048576.0,
+        report.seconds.total,
+        report.downloaded,
+        report.packages - report.downloaded,
+    );
+    println!("  {}", report.out_dir.display());
+    for change in &report.lock_changes {
+        println!("  lock: {change}");
+    }
+}
+
+fn print_boot(report: &BootReport) {
+    println!(
+        "{}: ready after {:.1} s under {:?} (guest uptime {})",
+        report.profile,
+        report.boot_to_ready_seconds,
+        report.accel,
+        report
+            .guest_uptime_seconds
+            .map_or("?".into(), |s| format!("{s:.1} s")),
+    );
+    for check in &report.checks {
+        println!(
+            "  [{}] {} ({:.1} s)",
+            if check.passed { "pass" } else { "FAIL" },
+            check.name,
+            check.seconds
+        );
+        if !check.passed {
+            for line in check.detail.lines() {
+                println!("         {line}");
+            }
+        }
+    }
+    println!("  serial log: {}", report.serial_log.display());
+    println!(
+        "{}",
+        if report.passed {
+            "all checks passed"
+        } else {
+            "some checks FAILED"
+        }
+    );
+}

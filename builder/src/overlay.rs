@@ -61,7 +61,10 @@ pub enum OverlayKind {
 }
 
 /// Reads every layer in order (later layers win), rendering templates.
-pub fn read_layers(layers: &[PathBuf], renderer: &Renderer) -> Result<Vec<OverlayItem>, OverlayError> {
+pub fn read_layers(
+    layers: &[PathBuf],
+    renderer: &Renderer,
+) -> Result<Vec<OverlayItem>, OverlayError> {
     let mut items = Vec::new();
     for layer in layers {
         if layer.is_dir() {
@@ -71,7 +74,12 @@ pub fn read_layers(layers: &[PathBuf], renderer: &Renderer) -> Result<Vec<Overla
     Ok(items)
 }
 
-fn walk(root: &Path, dir: &Path, renderer: &Renderer, items: &mut Vec<OverlayItem>) -> Result<(), OverlayError> {
+fn walk(
+    root: &Path,
+    dir: &Path,
+    renderer: &Renderer,
+    items: &mut Vec<OverlayItem>,
+) -> Result<(), OverlayError> {
     let read_error = |path: &Path| {
         let path = path.to_path_buf();
         move |source| OverlayError::Read { path, source }
@@ -98,7 +106,9 @@ fn walk(root: &Path, dir: &Path, renderer: &Renderer, items: &mut Vec<OverlayIte
         } else if metadata.is_dir() {
             items.push(OverlayItem {
                 path: relative,
-                kind: OverlayKind::Dir { mode: normalized(mode, true) },
+                kind: OverlayKind::Dir {
+                    mode: normalized(mode, true),
+                },
                 source: path.clone(),
             });
             walk(root, &path, renderer, items)?;
@@ -136,7 +146,11 @@ fn walk(root: &Path, dir: &Path, renderer: &Renderer, items: &mut Vec<OverlayIte
 
 /// Checkouts differ in umask; git keeps only the executable bit, so do we.
 fn normalized(mode: u32, is_dir: bool) -> u32 {
-    if is_dir || mode & 0o111 != 0 { 0o755 } else { 0o644 }
+    if is_dir || mode & 0o111 != 0 {
+        0o755
+    } else {
+        0o644
+    }
 }
 
 #[cfg(test)]
@@ -154,7 +168,8 @@ mod tests {
         std::fs::write(common.join("etc/hostname.j2"), "{{ hostname }}\n").unwrap();
         std::fs::write(common.join("etc/static"), "x").unwrap();
         std::fs::write(storage.join("tool"), "#!/bin/sh\n").unwrap();
-        std::fs::set_permissions(storage.join("tool"), std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::set_permissions(storage.join("tool"), std::fs::Permissions::from_mode(0o700))
+            .unwrap();
         std::os::unix::fs::symlink("usr/bin/busybox", storage.join("init")).unwrap();
 
         let renderer = Renderer::new(&json!({"hostname": "neptune"}));
@@ -163,17 +178,32 @@ mod tests {
         assert_eq!(paths, ["etc", "etc/hostname", "etc/static", "init", "tool"]);
         assert_eq!(
             items[1].kind,
-            OverlayKind::File { contents: b"neptune\n".to_vec(), mode: 0o644 }
+            OverlayKind::File {
+                contents: b"neptune\n".to_vec(),
+                mode: 0o644
+            }
         );
-        assert_eq!(items[3].kind, OverlayKind::Symlink { target: "usr/bin/busybox".into() });
-        assert_eq!(items[4].kind, OverlayKind::File { contents: b"#!/bin/sh\n".to_vec(), mode: 0o755 });
+        assert_eq!(
+            items[3].kind,
+            OverlayKind::Symlink {
+                target: "usr/bin/busybox".into()
+            }
+        );
+        assert_eq!(
+            items[4].kind,
+            OverlayKind::File {
+                contents: b"#!/bin/sh\n".to_vec(),
+                mode: 0o755
+            }
+        );
     }
 
     #[test]
     fn template_error_names_the_file() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("bad.conf.j2"), "ok\n{{ missing.value }}\n").unwrap();
-        let error = read_layers(&[dir.path().to_path_buf()], &Renderer::new(&json!({}))).unwrap_err();
+        let error =
+            read_layers(&[dir.path().to_path_buf()], &Renderer::new(&json!({}))).unwrap_err();
         let message = error.to_string();
         assert!(message.contains("bad.conf.j2:2"), "{message}");
     }

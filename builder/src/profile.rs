@@ -601,13 +601,14 @@ pub fn load(dir: &Path, name: &str) -> Result<LoadedProfile, ProfileError> {
         merge_into(&mut merged, table, "");
     }
     merged.remove("extends");
-    let profile: Profile = toml::Value::Table(merged.clone())
-        .try_into()
-        .map_err(|error: toml::de::Error| ProfileError::Value {
-            profile: name.into(),
-            key: "(merged profile)".into(),
-            message: error.message().to_string(),
-        })?;
+    let profile: Profile =
+        toml::Value::Table(merged.clone())
+            .try_into()
+            .map_err(|error: toml::de::Error| ProfileError::Value {
+                profile: name.into(),
+                key: "(merged profile)".into(),
+                message: error.message().to_string(),
+            })?;
     validate(name, &profile)?;
     Ok(LoadedProfile {
         name: name.into(),
@@ -700,14 +701,20 @@ fn validate(name: &str, profile: &Profile) -> Result<(), ProfileError> {
     if !(1..=22).contains(&profile.image.compression_level) {
         return Err(fail(
             "image.compression_level",
-            format!("{} is not a zstd level (1 to 22)", profile.image.compression_level),
+            format!(
+                "{} is not a zstd level (1 to 22)",
+                profile.image.compression_level
+            ),
         ));
     }
     for (index, interface) in profile.network.interfaces.iter().enumerate() {
         if !is_mac(&interface.mac) {
             return Err(fail(
                 &format!("network.interfaces[{index}].mac"),
-                format!("`{}` is not a MAC address like 52:54:00:00:00:01", interface.mac),
+                format!(
+                    "`{}` is not a MAC address like 52:54:00:00:00:01",
+                    interface.mac
+                ),
             ));
         }
         if let Some(bridge) = &interface.bridge
@@ -752,7 +759,10 @@ fn validate(name: &str, profile: &Profile) -> Result<(), ProfileError> {
             if !netdevs.contains(&iface.netdev.as_str()) {
                 return Err(fail(
                     &format!("initiator.ifaces[{index}].netdev"),
-                    format!("`{}` is neither an interface nor a bridge of network", iface.netdev),
+                    format!(
+                        "`{}` is neither an interface nor a bridge of network",
+                        iface.netdev
+                    ),
                 ));
             }
         }
@@ -775,11 +785,9 @@ where
     F: Fn(&str, String) -> ProfileError,
 {
     for portal in portals {
-        let valid = portal
-            .rsplit_once(':')
-            .is_some_and(|(address, port)| {
-                address.parse::<std::net::IpAddr>().is_ok() && port.parse::<u16>().is_ok()
-            });
+        let valid = portal.rsplit_once(':').is_some_and(|(address, port)| {
+            address.parse::<std::net::IpAddr>().is_ok() && port.parse::<u16>().is_ok()
+        });
         if !valid {
             return Err(fail(key, format!("`{portal}` is not ADDRESS:PORT")));
         }
@@ -824,9 +832,27 @@ mod tests {
         }
         let storage = load(&project_profiles(), "storage").unwrap();
         assert_eq!(storage.files.len(), 2);
-        assert!(storage.profile.packages.include.contains(&"busybox".to_string()));
-        assert!(storage.profile.packages.include.contains(&"tgt".to_string()));
-        assert!(storage.profile.kernel.modules.contains(&"virtio_net".to_string()));
+        assert!(
+            storage
+                .profile
+                .packages
+                .include
+                .contains(&"busybox".to_string())
+        );
+        assert!(
+            storage
+                .profile
+                .packages
+                .include
+                .contains(&"tgt".to_string())
+        );
+        assert!(
+            storage
+                .profile
+                .kernel
+                .modules
+                .contains(&"virtio_net".to_string())
+        );
         assert_eq!(storage.profile.target.as_ref().unwrap().portals.len(), 2);
     }
 
@@ -853,7 +879,11 @@ mod tests {
     #[test]
     fn unknown_key_names_file_line_and_key() {
         let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), "p", "hostname = \"x\"\n\n[packages]\ninclude = [\"busybox\"]\nincludes = [\"tgt\"]\n");
+        write(
+            dir.path(),
+            "p",
+            "hostname = \"x\"\n\n[packages]\ninclude = [\"busybox\"]\nincludes = [\"tgt\"]\n",
+        );
         let error = load(dir.path(), "p").unwrap_err().to_string();
         assert!(error.contains("p.toml:5:"), "{error}");
         assert!(error.contains("unknown field `includes`"), "{error}");
@@ -862,7 +892,11 @@ mod tests {
     #[test]
     fn wrong_type_names_the_key() {
         let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), "p", "[packages]\ninclude = [\"busybox\"]\n[image]\ncompression_level = \"high\"\n");
+        write(
+            dir.path(),
+            "p",
+            "[packages]\ninclude = [\"busybox\"]\n[image]\ncompression_level = \"high\"\n",
+        );
         let error = load(dir.path(), "p").unwrap_err().to_string();
         assert!(error.contains("p.toml:4:"), "{error}");
         assert!(error.contains("key `compression_level`"), "{error}");
@@ -871,8 +905,16 @@ mod tests {
     #[test]
     fn lists_accumulate_and_scalars_replace_along_extends() {
         let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), "base", "hostname = \"base\"\n[packages]\ninclude = [\"busybox\"]\n[kernel]\nmodules = [\"a\"]\n");
-        write(dir.path(), "child", "extends = \"base\"\nhostname = \"child\"\n[packages]\ninclude = [\"tgt\", \"busybox\"]\n[kernel]\nmodules = [\"b\"]\n");
+        write(
+            dir.path(),
+            "base",
+            "hostname = \"base\"\n[packages]\ninclude = [\"busybox\"]\n[kernel]\nmodules = [\"a\"]\n",
+        );
+        write(
+            dir.path(),
+            "child",
+            "extends = \"base\"\nhostname = \"child\"\n[packages]\ninclude = [\"tgt\", \"busybox\"]\n[kernel]\nmodules = [\"b\"]\n",
+        );
         let child = load(dir.path(), "child").unwrap();
         assert_eq!(child.profile.hostname.as_deref(), Some("child"));
         assert_eq!(child.profile.packages.include, ["busybox", "tgt"]);
@@ -914,7 +956,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "p", "[packages]\ninclude = [\"busybox\"]\n");
         let first = load(dir.path(), "p").unwrap().digest();
-        write(dir.path(), "p", "[packages]\ninclude = [\"busybox\", \"tgt\"]\n");
+        write(
+            dir.path(),
+            "p",
+            "[packages]\ninclude = [\"busybox\", \"tgt\"]\n",
+        );
         assert_ne!(first, load(dir.path(), "p").unwrap().digest());
     }
 }

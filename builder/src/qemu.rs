@@ -135,19 +135,30 @@ impl VmSpec {
         match self.accel {
             Accel::Kvm => args.extend(["-accel", "kvm", "-cpu", "host"].map(String::from)),
             Accel::Tcg => {
-                args.extend(["-accel".into(), "tcg".into(), "-cpu".into(), self.tcg_cpu.clone()]);
+                args.extend([
+                    "-accel".into(),
+                    "tcg".into(),
+                    "-cpu".into(),
+                    self.tcg_cpu.clone(),
+                ]);
             }
         }
         for nic in &self.nics {
             let netdev = match &nic.backend {
                 NetBackend::Hub { hub } => format!("hubport,id={},hubid={hub}", nic.id),
-                NetBackend::Vde { socket } => format!("vde,id={},sock={}", nic.id, socket.display()),
+                NetBackend::Vde { socket } => {
+                    format!("vde,id={},sock={}", nic.id, socket.display())
+                }
             };
             args.extend([
                 "-netdev".into(),
                 netdev,
                 "-device".into(),
-                format!("virtio-net-pci,netdev={id},id={id},mac={}", nic.mac, id = nic.id),
+                format!(
+                    "virtio-net-pci,netdev={id},id={id},mac={}",
+                    nic.mac,
+                    id = nic.id
+                ),
             ]);
         }
         for (index, disk) in self.disks.iter().enumerate() {
@@ -164,7 +175,10 @@ impl VmSpec {
         if let Some(socket) = &self.qga_socket {
             args.extend([
                 "-chardev".into(),
-                format!("socket,path={},server=on,wait=off,id=qga0", socket.display()),
+                format!(
+                    "socket,path={},server=on,wait=off,id=qga0",
+                    socket.display()
+                ),
                 "-device".into(),
                 "virtio-serial-pci".into(),
                 "-device".into(),
@@ -240,14 +254,18 @@ impl RunningVm {
             while reader.read_until(b'\n', &mut line).unwrap_or(0) > 0 {
                 let _ = log.write_all(&line);
                 let _ = log.flush();
-                sink.lock().expect("console lock").push_str(&String::from_utf8_lossy(&line));
+                sink.lock()
+                    .expect("console lock")
+                    .push_str(&String::from_utf8_lossy(&line));
                 line.clear();
             }
         });
         let sink = Arc::clone(&console);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().expect("console lock").push_str(&format!("[qemu] {line}\n"));
+                sink.lock()
+                    .expect("console lock")
+                    .push_str(&format!("[qemu] {line}\n"));
             }
         });
         Ok(Self {
@@ -321,7 +339,11 @@ pub const FATAL_CONSOLE_PATTERNS: &[&str] = &[
 pub fn fatal_lines(console: &str) -> Vec<String> {
     console
         .lines()
-        .filter(|line| FATAL_CONSOLE_PATTERNS.iter().any(|pattern| line.contains(pattern)))
+        .filter(|line| {
+            FATAL_CONSOLE_PATTERNS
+                .iter()
+                .any(|pattern| line.contains(pattern))
+        })
         .map(String::from)
         .collect()
 }
@@ -330,11 +352,25 @@ pub fn fatal_lines(console: &str) -> Vec<String> {
 /// printing its banner under KVM. Nested KVM may expose /dev/kvm and still
 /// abort or hang, so only a real boot is trusted.
 pub fn kvm_works(kernel: &Path, scratch: &Path) -> bool {
-    if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_err() {
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
         return false;
     }
     let Ok(mut child) = Command::new(QEMU_BINARY)
-        .args(["-accel", "kvm", "-cpu", "host", "-machine", "q35", "-nodefaults", "-no-reboot"])
+        .args([
+            "-accel",
+            "kvm",
+            "-cpu",
+            "host",
+            "-machine",
+            "q35",
+            "-nodefaults",
+            "-no-reboot",
+        ])
         .args(["-display", "none", "-serial", "stdio", "-m", "256"])
         .arg("-kernel")
         .arg(kernel)
@@ -356,7 +392,9 @@ pub fn kvm_works(kernel: &Path, scratch: &Path) -> bool {
             .any(|line| line.contains("Linux version"));
         let _ = sender.send(found);
     });
-    let works = receiver.recv_timeout(Duration::from_secs(15)).unwrap_or(false);
+    let works = receiver
+        .recv_timeout(Duration::from_secs(15))
+        .unwrap_or(false);
     let _ = child.kill();
     let _ = child.wait();
     works
@@ -377,14 +415,23 @@ mod tests {
             accel: Accel::Tcg,
             tcg_cpu: "max".into(),
             nics: vec![
-                Nic { id: "san-a".into(), mac: "52:54:00:00:0a:10".into(), backend: NetBackend::Hub { hub: 0 } },
+                Nic {
+                    id: "san-a".into(),
+                    mac: "52:54:00:00:0a:10".into(),
+                    backend: NetBackend::Hub { hub: 0 },
+                },
                 Nic {
                     id: "san-b".into(),
                     mac: "52:54:00:00:0b:10".into(),
-                    backend: NetBackend::Vde { socket: "/run/b".into() },
+                    backend: NetBackend::Vde {
+                        socket: "/run/b".into(),
+                    },
                 },
             ],
-            disks: vec![Disk { path: "/tmp/lun1.raw".into(), serial: "lun1".into() }],
+            disks: vec![Disk {
+                path: "/tmp/lun1.raw".into(),
+                serial: "lun1".into(),
+            }],
             qmp_socket: "/tmp/qmp.sock".into(),
             qga_socket: Some("/tmp/qga.sock".into()),
         }
@@ -394,9 +441,15 @@ mod tests {
     fn every_nic_gets_its_mac_and_backend() {
         let args = spec().headless_args().join(" ");
         assert!(args.contains("-netdev hubport,id=san-a,hubid=0"), "{args}");
-        assert!(args.contains("virtio-net-pci,netdev=san-a,id=san-a,mac=52:54:00:00:0a:10"), "{args}");
+        assert!(
+            args.contains("virtio-net-pci,netdev=san-a,id=san-a,mac=52:54:00:00:0a:10"),
+            "{args}"
+        );
         assert!(args.contains("-netdev vde,id=san-b,sock=/run/b"), "{args}");
-        assert!(args.contains("virtio-blk-pci,drive=disk0,serial=lun1"), "{args}");
+        assert!(
+            args.contains("virtio-blk-pci,drive=disk0,serial=lun1"),
+            "{args}"
+        );
         assert!(args.contains("name=org.qemu.guest_agent.0"), "{args}");
         assert!(args.contains("-accel tcg -cpu max"), "{args}");
         assert!(args.contains("-serial stdio"), "{args}");

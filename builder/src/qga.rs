@@ -124,12 +124,19 @@ impl QgaClient {
         self.send(&json!({"execute": "guest-sync", "arguments": {"id": id}}))?;
         let deadline = Instant::now() + wait;
         while Instant::now() < deadline {
-            let timeout = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(10));
+            let timeout = deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(10));
             match self.read_message(timeout) {
-                Ok(Some(reply)) if reply.get("return").and_then(Value::as_u64) == Some(id) => return Ok(true),
+                Ok(Some(reply)) if reply.get("return").and_then(Value::as_u64) == Some(id) => {
+                    return Ok(true);
+                }
                 Ok(_) => continue,
                 Err(QgaError::Io { source, .. })
-                    if matches!(source.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+                    if matches!(
+                        source.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
                 {
                     return Ok(false);
                 }
@@ -145,7 +152,10 @@ impl QgaClient {
             "guest-exec",
             json!({"path": "/bin/sh", "arg": ["-c", command], "capture-output": true}),
         )?;
-        let pid = started.get("pid").and_then(Value::as_i64).unwrap_or_default();
+        let pid = started
+            .get("pid")
+            .and_then(Value::as_i64)
+            .unwrap_or_default();
         let deadline = Instant::now() + timeout;
         let mut pause = Duration::from_millis(20);
         loop {
@@ -155,7 +165,9 @@ impl QgaClient {
                     status
                         .get(key)
                         .and_then(Value::as_str)
-                        .and_then(|data| base64::engine::general_purpose::STANDARD.decode(data).ok())
+                        .and_then(|data| {
+                            base64::engine::general_purpose::STANDARD.decode(data).ok()
+                        })
                         .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
                         .unwrap_or_default()
                 };
@@ -192,7 +204,11 @@ impl QgaClient {
             if let Some(error) = reply.get("error") {
                 return Err(QgaError::Command {
                     command: command.into(),
-                    desc: error.get("desc").and_then(Value::as_str).unwrap_or("").into(),
+                    desc: error
+                        .get("desc")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .into(),
                 });
             }
         }
@@ -217,16 +233,25 @@ impl QgaClient {
             path: self.path.clone(),
             source,
         };
-        self.reader.get_ref().set_read_timeout(Some(timeout)).map_err(io)?;
+        self.reader
+            .get_ref()
+            .set_read_timeout(Some(timeout))
+            .map_err(io)?;
         let mut line = Vec::new();
-        let read = self.reader.read_until(b'\n', &mut line).map_err(|source| QgaError::Io {
-            path: self.path.clone(),
-            source,
-        })?;
+        let read = self
+            .reader
+            .read_until(b'\n', &mut line)
+            .map_err(|source| QgaError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
         if read == 0 {
             return Err(QgaError::Io {
                 path: self.path.clone(),
-                source: std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "QEMU closed the socket"),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "QEMU closed the socket",
+                ),
             });
         }
         let text: Vec<u8> = line.into_iter().filter(|byte| *byte != 0xff).collect();
@@ -274,13 +299,18 @@ mod tests {
             requests
         });
         let mut client = QgaClient::connect(&path, Duration::from_secs(5)).unwrap();
-        let output = client.exec_shell("tgtadm --op show", Duration::from_secs(5)).unwrap();
+        let output = client
+            .exec_shell("tgtadm --op show", Duration::from_secs(5))
+            .unwrap();
         drop(client);
         let requests = server.join().unwrap();
         assert_eq!(output.exit_code, 3);
         assert_eq!(output.stdout, "Target 1: iqn\n");
         assert_eq!(output.stderr, "warn\n");
-        assert_eq!(requests[1]["arguments"]["arg"], json!(["-c", "tgtadm --op show"]));
+        assert_eq!(
+            requests[1]["arguments"]["arg"],
+            json!(["-c", "tgtadm --op show"])
+        );
     }
 
     #[test]
@@ -293,7 +323,9 @@ mod tests {
             std::thread::sleep(Duration::from_secs(3));
             drop(stream);
         });
-        let error = QgaClient::connect(&path, Duration::from_millis(600)).err().unwrap();
+        let error = QgaClient::connect(&path, Duration::from_millis(600))
+            .err()
+            .unwrap();
         assert!(matches!(error, QgaError::NotResponding { .. }), "{error}");
     }
 }

@@ -91,10 +91,12 @@ impl QmpClient {
         let request = json!({"execute": command, "arguments": arguments});
         let mut line = serde_json::to_vec(&request).expect("JSON values serialize");
         line.push(b'\n');
-        self.writer.write_all(&line).map_err(|source| QmpError::Io {
-            path: self.path.clone(),
-            source,
-        })?;
+        self.writer
+            .write_all(&line)
+            .map_err(|source| QmpError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
         loop {
             let message = self.read_message()?;
             if message.get("event").is_some() {
@@ -105,7 +107,13 @@ impl QmpClient {
                 return Ok(value.clone());
             }
             if let Some(error) = message.get("error") {
-                let text = |key: &str| error.get(key).and_then(Value::as_str).unwrap_or("").to_string();
+                let text = |key: &str| {
+                    error
+                        .get(key)
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string()
+                };
                 return Err(QmpError::Command {
                     command: command.into(),
                     class: text("class"),
@@ -117,7 +125,8 @@ impl QmpClient {
 
     /// Pulls (`up == false`) or replugs the virtual cable of a NIC or netdev.
     pub fn set_link(&mut self, name: &str, up: bool) -> Result<(), QmpError> {
-        self.execute("set_link", json!({"name": name, "up": up})).map(|_| ())
+        self.execute("set_link", json!({"name": name, "up": up}))
+            .map(|_| ())
     }
 
     /// Asks QEMU to exit at once.
@@ -137,14 +146,20 @@ impl QmpClient {
 
     fn read_message(&mut self) -> Result<Value, QmpError> {
         let mut line = String::new();
-        let read = self.reader.read_line(&mut line).map_err(|source| QmpError::Io {
-            path: self.path.clone(),
-            source,
-        })?;
+        let read = self
+            .reader
+            .read_line(&mut line)
+            .map_err(|source| QmpError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
         if read == 0 {
             return Err(QmpError::Io {
                 path: self.path.clone(),
-                source: std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "QEMU closed the socket"),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "QEMU closed the socket",
+                ),
             });
         }
         serde_json::from_str(&line).map_err(|_| QmpError::Protocol {
@@ -181,7 +196,11 @@ mod tests {
             let (stream, _) = listener.accept().unwrap();
             let mut reader = BufReader::new(stream.try_clone().unwrap());
             let mut writer = stream;
-            writeln!(writer, r#"{{"QMP": {{"version": {{}}, "capabilities": []}}}}"#).unwrap();
+            writeln!(
+                writer,
+                r#"{{"QMP": {{"version": {{}}, "capabilities": []}}}}"#
+            )
+            .unwrap();
             let mut line = String::new();
             reader.read_line(&mut line).unwrap();
             assert!(line.contains("qmp_capabilities"));
@@ -189,11 +208,19 @@ mod tests {
             line.clear();
             reader.read_line(&mut line).unwrap();
             let request: Value = serde_json::from_str(&line).unwrap();
-            writeln!(writer, r#"{{"event": "NIC_RX_FILTER_CHANGED", "data": {{}}}}"#).unwrap();
+            writeln!(
+                writer,
+                r#"{{"event": "NIC_RX_FILTER_CHANGED", "data": {{}}}}"#
+            )
+            .unwrap();
             writeln!(writer, r#"{{"return": {{}}}}"#).unwrap();
             line.clear();
             reader.read_line(&mut line).unwrap();
-            writeln!(writer, r#"{{"error": {{"class": "DeviceNotFound", "desc": "no nic9"}}}}"#).unwrap();
+            writeln!(
+                writer,
+                r#"{{"error": {{"class": "DeviceNotFound", "desc": "no nic9"}}}}"#
+            )
+            .unwrap();
             request
         });
         let mut client = QmpClient::connect(&path, Duration::from_secs(5)).unwrap();
@@ -212,6 +239,9 @@ mod tests {
         let error = QmpClient::connect(&dir.path().join("none"), Duration::from_millis(200))
             .err()
             .unwrap();
-        assert!(error.to_string().contains("did not accept a connection"), "{error}");
+        assert!(
+            error.to_string().contains("did not accept a connection"),
+            "{error}"
+        );
     }
 }

@@ -40,14 +40,19 @@ impl Renderer {
             .and_then(|()| environment.get_template(name)?.render(&self.context))
             .map_err(|error| TemplateError {
                 name: name.to_string(),
-                line: error.line().map(|line| format!(":{line}")).unwrap_or_default(),
+                line: error
+                    .line()
+                    .map(|line| format!(":{line}"))
+                    .unwrap_or_default(),
                 message: describe(&error),
             })
     }
 }
 
 fn describe(error: &minijinja::Error) -> String {
-    let mut message = error.detail().map_or_else(|| error.kind().to_string(), String::from);
+    let mut message = error
+        .detail()
+        .map_or_else(|| error.kind().to_string(), String::from);
     if error.detail().is_some() {
         message = format!("{}: {message}", error.kind());
     }
@@ -63,7 +68,10 @@ mod tests {
     fn renders_profile_values() {
         let renderer = Renderer::new(&json!({"target": {"iqn": "iqn.x:y", "portals": ["a", "b"]}}));
         let text = renderer
-            .render("t", "<target {{ target.iqn }}> {{ target.portals | join(',') }}\n")
+            .render(
+                "t",
+                "<target {{ target.iqn }}> {{ target.portals | join(',') }}\n",
+            )
             .unwrap();
         assert_eq!(text, "<target iqn.x:y> a,b\n");
     }
@@ -83,6 +91,11 @@ mod tests {
     fn syntax_error_is_reported() {
         let renderer = Renderer::new(&json!({}));
         let error = renderer.render("x.j2", "{% for %}").unwrap_err();
-        assert!(error.to_string().starts_with("template x.j2:1: syntax error"), "{error}");
+        assert!(
+            error
+                .to_string()
+                .starts_with("template x.j2:1: syntax error"),
+            "{error}"
+        );
     }
 }

@@ -1,0 +1,462 @@
+//! Content-addressed download cache: `blobs/sha256/<hex>`, plus the latest
+//! verified InRelease per index URL under `latest/` so `--offline` builds
+//! can start without the network.
+//!
+//! A blob is only ever moved into place after its size and SHA256 were
+//! checked, through a temporary file in the same folder and a rename, so a
+//! crash or a concurrent build never leaves a partial or wrong blob under a
+//! hash name. Two builds inserting the same blob both rename identical
+//! content; the last rename wins and nothing is lost.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+/// Why a cache operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// The file system refused an operation.
+    #[error("cache {}: {source}", path.display())]
+    Io {
+        /// The file or folder concerned.
+        path: PathBuf,
+        /// The underlying failure.
+        #[source]
+        source: io::Error,
+    },
+    /// Fewer bytes arrived than the index promised.
+    #[error("truncated: expected {expected} bytes, got {actual}")]
+    Truncated {
+        /// Size from the index.
+        expected: u64,
+        /// Size received.
+        actual: u64,
+    },
+    /// More bytes arrived than the index promised.
+    #[error("size mismatch: expected {expected} bytes, got {actual}")]
+    Oversized {
+        /// Size from the index.
+        expected: u64,
+        /// Size received.
+        actual: u64,
+    },
+    /// The content does not hash to what the index promised.
+    #[error("SHA256 mismatch: expected {expected}, got {actual}")]
+    HashMismatch {
+        /// Hash from the index.
+        expected: String,
+        /// Hash of what arrived.
+        actual: String,
+    },
+    /// A blob already in the cache no longer matches its name; it was removed.
+    #[error("cached blob {} is corrupt (its SHA256 is {actual}); removed it", path.display())]
+    Corrupt {
+        /// Where the blob was.
+        path: PathBuf,
+        /// Hash of its content.
+        actual: String,
+    },
+    /// A hash given by a caller is not 64 lowercase hex digits, so it cannot name a blob.
+    #[error("not a SHA256 hex digest: {0:?}")]
+    BadDigest(String),
+}
+
+/// Either the caller's `fill` failed (download error) or the cache rejected
+/// what it wrote (size or hash mismatch, disk error).
+#[derive(Debug, thiserror::Error)]
+pub enum InsertError<E> {
+    /// `fill` returned this error; the temporary file was removed.
+    #[error(transparent)]
+    Fill(E),
+    /// The content or the file system failed the cache's checks.
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+}
+
+/// A cache rooted at one folder; cheap to clone and safe to share between
+/// threads (every operation goes straight to the file system).
+#[derive(Debug, Clone)]
+pub struct Cache {
+    root: PathBuf,
+}
+
+impl Cache {
+    /// Opens (creating if needed) a cache at `root`.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self, CacheError> {
+        let cache = Self { root: root.into() };
+        for dir in [cache.blob_dir(), cache.latest_dir()] {
+            fs::create_dir_all(&dir).map_err(|source| CacheError::Io { path: dir, source })?;
+        }
+        Ok(cache)
+    }
+
+    /// `$XDG_CACHE_HOME/applbuild`, else `$HOME/.cache/applbuild`; `None`
+    /// when neither variable is set, so the CLI can ask for `--cache-dir`.
+    pub fn default_root() -> Option<PathBuf> {
+        let from_env = |name| {
+            std::env::var_os(name)
+                .filter(|value| !value.is_empty())
+                .map(PathBuf::from)
+        };
+        from_env("XDG_CACHE_HOME")
+            .or_else(|| from_env("HOME").map(|home| home.join(".cache")))
+            .map(|base| base.join("applbuild"))
+    }
+
+    /// The folder this cache lives in.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn blob_dir(&self) -> PathBuf {
+        self.root.join("blobs").join("sha256")
+    }
+
+    fn latest_dir(&self) -> PathBuf {
+        self.root.join("latest")
+    }
+
+    fn blob_path(&self, sha256: &str) -> Result<PathBuf, CacheError> {
+        let valid = sha256.len() == 64
+            && sha256
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if !valid {
+            return Err(CacheError::BadDigest(sha256.to_string()));
+        }
+        Ok(self.blob_dir().join(sha256))
+    }
+
+    /// The blob with this SHA256 if present. Presence means it was verified
+    /// when written; use [`Cache::verify`] to check it again.
+    pub fn get(&self, sha256: &str) -> Option<PathBuf> {
+        self.blob_path(sha256).ok().filter(|path| path.is_file())
+    }
+
+    /// Re-hashes a cached blob. `Ok(None)` if absent; a blob that no longer
+    /// matches its name is deleted and reported as [`CacheError::Corrupt`].
+    pub fn verify(&self, sha256: &str) -> Result<Option<PathBuf>, CacheError> {
+        let path = self.blob_path(sha256)?;
+        let io_error = |source| CacheError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut file = match File::open(&path) {
+            Ok(file) => file,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(io_error(error)),
+        };
+        let (actual, _) = hash_reader(&mut file).map_err(io_error)?;
+        if actual == sha256 {
+            return Ok(Some(path));
+        }
+        fs::remove_file(&path).map_err(io_error)?;
+        Err(CacheError::Corrupt { path, actual })
+    }
+
+    /// Stores a blob: `fill` writes the content into a fresh temporary file,
+    /// which is kept only if it has `expected_size` bytes hashing to
+    /// `expected_sha256`. Returns the blob's path; if the blob is already
+    /// present `fill` is not called.
+    pub fn insert_verified<E>(
+        &self,
+        expected_sha256: &str,
+        expected_size: u64,
+        fill: impl FnOnce(&mut File) -> Result<(), E>,
+    ) -> Result<PathBuf, InsertError<E>> {
+        let target = self.blob_path(expected_sha256)?;
+        if target.is_file() {
+            return Ok(target);
+        }
+        let dir = self.blob_dir();
+        let io_error = |path: &Path, source| CacheError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        // Dropping the NamedTempFile on any early return deletes it.
+        let mut temp = tempfile::Builder::new()
+            .prefix(".incoming-")
+            .tempfile_in(&dir)
+            .map_err(|source| io_error(&dir, source))?;
+        fill(temp.as_file_mut()).map_err(InsertError::Fill)?;
+
+        let temp_path = temp.path().to_path_buf();
+        let file = temp.as_file_mut();
+        file.flush()
+            .map_err(|source| io_error(&temp_path, source))?;
+        let actual_size = file
+            .metadata()
+            .map_err(|source| io_error(&temp_path, source))?
+            .len();
+        if actual_size < expected_size {
+            return Err(CacheError::Truncated {
+                expected: expected_size,
+                actual: actual_size,
+            }
+            .into());
+        }
+        if actual_size > expected_size {
+            return Err(CacheError::Oversized {
+                expected: expected_size,
+                actual: actual_size,
+            }
+            .into());
+        }
+        let mut reader = File::open(&temp_path).map_err(|source| io_error(&temp_path, source))?;
+        let (actual_sha256, _) =
+            hash_reader(&mut reader).map_err(|source| io_error(&temp_path, source))?;
+        if actual_sha256 != expected_sha256 {
+            return Err(CacheError::HashMismatch {
+                expected: expected_sha256.to_string(),
+                actual: actual_sha256,
+            }
+            .into());
+        }
+        file.sync_all()
+            .map_err(|source| io_error(&temp_path, source))?;
+        temp.persist(&target)
+            .map_err(|error| io_error(&target, error.error))?;
+        sync_dir(&dir)?;
+        Ok(target)
+    }
+
+    fn latest_path(&self, url: &str) -> PathBuf {
+        self.latest_dir()
+            .join(hex::encode(Sha256::digest(url.as_bytes())))
+    }
+
+    /// Remembers `contents` as the latest verified copy of `url` (an
+    /// InRelease), replacing the previous one atomically.
+    pub fn store_latest(&self, url: &str, contents: &[u8]) -> Result<PathBuf, CacheError> {
+        let dir = self.latest_dir();
+        let target = self.latest_path(url);
+        let io_error = |path: &Path, source| CacheError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut temp = tempfile::Builder::new()
+            .prefix(".incoming-")
+            .tempfile_in(&dir)
+            .map_err(|source| io_error(&dir, source))?;
+        temp.write_all(contents)
+            .and_then(|()| temp.as_file().sync_all())
+            .map_err(|source| io_error(temp.path(), source))?;
+        temp.persist(&target)
+            .map_err(|error| io_error(&target, error.error))?;
+        sync_dir(&dir)?;
+        Ok(target)
+    }
+
+    /// The latest copy of `url` stored with [`Cache::store_latest`], if any.
+    /// It was verified when stored; callers verify its signature again
+    /// because the keyring may have changed since.
+    pub fn latest(&self, url: &str) -> Option<PathBuf> {
+        Some(self.latest_path(url)).filter(|path| path.is_file())
+    }
+}
+
+/// SHA256 (lowercase hex) and length of everything `reader` yields.
+fn hash_reader(reader: &mut impl Read) -> io::Result<(String, u64)> {
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = match reader.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(error) => return Err(error),
+        };
+        hasher.update(&buffer[..n]);
+        total += n as u64;
+    }
+    Ok((hex::encode(hasher.finalize()), total))
+}
+
+/// Makes a rename durable: without syncing the folder, a power cut can
+/// forget the new name even though the file's data was synced.
+fn sync_dir(dir: &Path) -> Result<(), CacheError> {
+    File::open(dir)
+        .and_then(|handle| handle.sync_all())
+        .map_err(|source| CacheError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sha(data: &[u8]) -> String {
+        hex::encode(Sha256::digest(data))
+    }
+
+    fn leftovers(cache: &Cache) -> Vec<String> {
+        fs::read_dir(cache.blob_dir())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .filter(|name| name.starts_with('.'))
+            .collect()
+    }
+
+    #[test]
+    fn insert_then_get_and_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let data = b"package bytes";
+        let digest = sha(data);
+        assert_eq!(cache.get(&digest), None);
+        let path = cache
+            .insert_verified(&digest, data.len() as u64, |file| file.write_all(data))
+            .unwrap();
+        assert_eq!(path, dir.path().join("blobs/sha256").join(&digest));
+        assert_eq!(fs::read(&path).unwrap(), data);
+        assert_eq!(cache.get(&digest), Some(path.clone()));
+        assert_eq!(cache.verify(&digest).unwrap(), Some(path));
+        assert!(leftovers(&cache).is_empty());
+    }
+
+    #[test]
+    fn present_blob_skips_fill() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let digest = sha(b"x");
+        cache
+            .insert_verified(&digest, 1, |file| file.write_all(b"x"))
+            .unwrap();
+        let result = cache.insert_verified(&digest, 1, |_| -> io::Result<()> {
+            panic!("fill called for a cached blob")
+        });
+        assert!(result.is_ok());
+    }
+
+    #[test]
+    fn truncated_content_is_rejected_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let data = b"0123456789";
+        let error = cache
+            .insert_verified(&sha(data), 10, |file| file.write_all(&data[..4]))
+            .unwrap_err();
+        let message = error.to_string();
+        assert!(
+            message.contains("truncated")
+                && message.contains("expected 10")
+                && message.contains("got 4"),
+            "{message}"
+        );
+        assert_eq!(cache.get(&sha(data)), None);
+        assert!(leftovers(&cache).is_empty());
+    }
+
+    #[test]
+    fn oversized_and_wrong_content_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let digest = sha(b"good");
+        let error = cache
+            .insert_verified(&digest, 4, |file| file.write_all(b"good!"))
+            .unwrap_err();
+        assert!(matches!(
+            error,
+            InsertError::Cache(CacheError::Oversized {
+                expected: 4,
+                actual: 5
+            })
+        ));
+        let error = cache
+            .insert_verified(&digest, 4, |file| file.write_all(b"evil"))
+            .unwrap_err();
+        let message = error.to_string();
+        assert!(
+            message.contains(&digest) && message.contains(&sha(b"evil")),
+            "{message}"
+        );
+        assert_eq!(cache.get(&digest), None);
+        assert!(leftovers(&cache).is_empty());
+    }
+
+    #[test]
+    fn fill_errors_pass_through_and_leave_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let error = cache
+            .insert_verified(&sha(b"a"), 1, |_| Err::<(), _>("download failed"))
+            .unwrap_err();
+        assert!(matches!(error, InsertError::Fill("download failed")));
+        assert!(leftovers(&cache).is_empty());
+    }
+
+    #[test]
+    fn corrupt_blob_is_detected_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let digest = sha(b"original");
+        let path = cache
+            .insert_verified(&digest, 8, |file| file.write_all(b"original"))
+            .unwrap();
+        fs::write(&path, b"0riginal").unwrap();
+        let error = cache.verify(&digest).unwrap_err();
+        assert!(
+            matches!(&error, CacheError::Corrupt { actual, .. } if *actual == sha(b"0riginal"))
+        );
+        assert!(!path.exists());
+        assert_eq!(cache.verify(&digest).unwrap(), None);
+    }
+
+    #[test]
+    fn digests_that_are_not_hex_cannot_escape_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        assert_eq!(cache.get("../../etc/passwd"), None);
+        let error = cache
+            .insert_verified("../x", 1, |file| file.write_all(b"x"))
+            .unwrap_err();
+        assert!(matches!(
+            error,
+            InsertError::Cache(CacheError::BadDigest(_))
+        ));
+        assert!(cache.verify(&"A".repeat(64)).is_err());
+    }
+
+    #[test]
+    fn concurrent_inserts_of_one_blob_all_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let data = vec![7u8; 1 << 20];
+        let digest = sha(&data);
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| {
+                    // A fresh Cache per thread, like separate processes.
+                    let cache = Cache::open(dir.path()).unwrap();
+                    cache
+                        .insert_verified(&digest, data.len() as u64, |file| file.write_all(&data))
+                        .unwrap();
+                });
+            }
+        });
+        assert_eq!(
+            cache.verify(&digest).unwrap(),
+            Some(cache.blob_dir().join(&digest))
+        );
+        assert!(leftovers(&cache).is_empty());
+    }
+
+    #[test]
+    fn latest_copies_are_keyed_by_url() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let a = "http://mirror.invalid/debian/dists/bookworm/InRelease";
+        let b = "http://mirror.invalid/debian/dists/trixie/InRelease";
+        assert_eq!(cache.latest(a), None);
+        cache.store_latest(a, b"first").unwrap();
+        cache.store_latest(a, b"second").unwrap();
+        cache.store_latest(b, b"other").unwrap();
+        assert_eq!(fs::read(cache.latest(a).unwrap()).unwrap(), b"second");
+        assert_eq!(fs::read(cache.latest(b).unwrap()).unwrap(), b"other");
+    }
+}

@@ -1,0 +1,707 @@
+//! The build, step by step: profile → mirror → verified index → resolved
+//! package set → verified .debs → rootfs tree → image files. Each step's
+//! module does the work; this one orders them, times them and keeps the
+//! previous good output until the new one is complete.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::apt_sources;
+use crate::cache::Cache;
+use crate::deb_archive::{self, EntryKind};
+use crate::initramfs::{self, SegmentPlan};
+use crate::kernel_modules;
+use crate::lockfile::Lockfile;
+use crate::manifest::{Artifact, MANIFEST_FILE, Manifest, ManifestPackage, sha256_file};
+use crate::overlay::{self, OverlayKind};
+use crate::package_index::PackageRecord;
+use crate::profile::{self, LoadedProfile, Service, ServiceKind};
+use crate::progress::{Reporter, Unit};
+use crate::repository::{Repository, RepositoryConfig};
+use crate::resolver::{self, ResolveRequest};
+use crate::rootfs::{PathFilter, RootfsTree};
+use crate::templates::Renderer;
+
+/// The file that pins package versions per profile.
+pub const LOCKFILE: &str = "applbuild.lock";
+
+/// What can go wrong in a build; each variant says which step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// No project folder was found.
+    #[error("no profiles/ folder in {0} or above it (use --project DIR)")]
+    NoProject(PathBuf),
+    /// The profile did not load.
+    #[error(transparent)]
+    Profile(#[from] profile::ProfileError),
+    /// No mirror could be chosen.
+    #[error(transparent)]
+    Mirror(#[from] apt_sources::AptSourcesError),
+    /// The cache could not be opened.
+    #[error(transparent)]
+    Cache(#[from] crate::cache::CacheError),
+    /// Fetching or verifying repository data failed.
+    #[error(transparent)]
+    Repository(#[from] crate::repository::RepositoryError),
+    /// Dependency resolution failed.
+    #[error(transparent)]
+    Resolve(#[from] resolver::ResolveError),
+    /// The lock file is unreadable or unwritable.
+    #[error(transparent)]
+    Lockfile(#[from] crate::lockfile::LockfileError),
+    /// `--locked` and the resolution differs from the lock file.
+    #[error("{LOCKFILE} is out of date for profile `{profile}` and --locked was given:\n  {}", changes.join("\n  "))]
+    LockMismatch {
+        /// Profile.
+        profile: String,
+        /// What would change.
+        changes: Vec<String>,
+    },
+    /// A package could not be unpacked.
+    #[error(transparent)]
+    Unpack(#[from] deb_archive::DebError),
+    /// The root file system could not be assembled.
+    #[error(transparent)]
+    Rootfs(#[from] crate::rootfs::RootfsError),
+    /// Kernel module selection failed.
+    #[error(transparent)]
+    Modules(#[from] kernel_modules::KernelModulesError),
+    /// The overlay or a template failed.
+    #[error(transparent)]
+    Overlay(#[from] overlay::OverlayError),
+    /// A service definition is not a valid template.
+    #[error(transparent)]
+    Template(#[from] crate::templates::TemplateError),
+    /// Writing the initramfs failed.
+    #[error(transparent)]
+    Initramfs(#[from] initramfs::InitramfsError),
+    /// Writing an output file failed.
+    #[error("cannot write {path}: {source}")]
+    Output {
+        /// The file or folder.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+fn output_error(path: &Path) -> impl FnOnce(std::io::Error) -> BuildError + '_ {
+    move |source| BuildError::Output {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Where a project's profiles, overlay and lock file are.
+#[derive(Debug, Clone)]
+pub struct Project {
+    root: PathBuf,
+}
+
+impl Project {
+    /// A project rooted at `dir`.
+    pub fn at(dir: &Path) -> Self {
+        Self {
+            root: dir.to_path_buf(),
+        }
+    }
+
+    /// The nearest folder from `start` upwards that has `profiles/`.
+    pub fn find(start: &Path) -> Result<Self, BuildError> {
+        start
+            .ancestors()
+            .find(|dir| dir.join("profiles").is_dir())
+            .map(Self::at)
+            .ok_or_else(|| BuildError::NoProject(start.to_path_buf()))
+    }
+
+    /// `profiles/`.
+    pub fn profiles_dir(&self) -> PathBuf {
+        self.root.join("profiles")
+    }
+
+    /// `rootfs-overlay/`.
+    pub fn overlay_dir(&self) -> PathBuf {
+        self.root.join("rootfs-overlay")
+    }
+
+    /// `applbuild.lock`.
+    pub fn lockfile(&self) -> PathBuf {
+        self.root.join(LOCKFILE)
+    }
+
+    /// Overlay layers of a profile, in the order they apply.
+    pub fn overlay_layers(&self, profile: &str) -> Vec<PathBuf> {
+        vec![
+            self.overlay_dir().join("common"),
+            self.overlay_dir().join(profile),
+        ]
+    }
+}
+
+/// `$XDG_CACHE_HOME/applbuild`, else `~/.cache/applbuild`, else a folder in /tmp.
+pub fn default_cache_dir() -> PathBuf {
+    Cache::default_root().unwrap_or_else(|| std::env::temp_dir().join("applbuild-cache"))
+}
+
+/// How to build.
+#[derive(Clone)]
+pub struct BuildOptions {
+    /// Output folder; each profile gets a subfolder.
+    pub out_dir: PathBuf,
+    /// Cache folder.
+    pub cache_dir: PathBuf,
+    /// Mirror URL overriding the profile and the host.
+    pub mirror: Option<String>,
+    /// Keyring overriding the profile's.
+    pub keyring: Option<PathBuf>,
+    /// Fail when the resolution differs from the lock file.
+    pub locked: bool,
+    /// Use the cache only.
+    pub offline: bool,
+    /// Progress bars.
+    pub reporter: Reporter,
+    /// Root of the apt configuration the mirror is read from (normally `/`).
+    pub apt_root: PathBuf,
+}
+
+/// Seconds spent in each step.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StepSeconds {
+    /// InRelease, Release and Packages.
+    pub index: f64,
+    /// Dependency resolution.
+    pub resolve: f64,
+    /// .deb downloads (and cache checks).
+    pub download: f64,
+    /// Unpacking into the tree.
+    pub unpack: f64,
+    /// Modules, overlay, configuration.
+    pub assemble: f64,
+    /// cpio and zstd.
+    pub compress: f64,
+    /// Everything.
+    pub total: f64,
+}
+
+/// What a build did.
+#[derive(Debug, Clone, Serialize)]
+pub struct BuildReport {
+    /// Profile.
+    pub profile: String,
+    /// Output folder of this profile.
+    pub out_dir: PathBuf,
+    /// Where the mirror came from.
+    pub mirror_source: String,
+    /// Packages in the image.
+    pub packages: usize,
+    /// Packages that had to be downloaded.
+    pub downloaded: usize,
+    /// Uncompressed size of the root file system.
+    pub rootfs_bytes: u64,
+    /// Size of initrd.img.
+    pub initrd_bytes: u64,
+    /// Size of vmlinuz.
+    pub kernel_bytes: u64,
+    /// Files left out by the path filters.
+    pub dropped_files: u64,
+    /// Bytes left out by the path filters.
+    pub dropped_bytes: u64,
+    /// Kernel modules kept.
+    pub modules: usize,
+    /// Time per step.
+    pub seconds: StepSeconds,
+    /// How the package set differs from the lock file.
+    pub lock_changes: Vec<String>,
+    /// Whether the output was already up to date (nothing rewritten).
+    pub unchanged: bool,
+}
+
+/// The package set a profile resolves to (for `applbuild show`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ResolvedSet {
+    /// Packages, sorted by name.
+    pub packages: Vec<ManifestPackage>,
+    /// Sum of Installed-Size.
+    pub installed_kib: u64,
+    /// Differences from the lock file.
+    pub lock_changes: Vec<String>,
+    /// Where the mirror came from.
+    pub mirror_source: String,
+}
+
+struct Resolved {
+    records: Vec<PackageRecord>,
+    lock_changes: Vec<String>,
+    repository: Repository,
+    cache: Cache,
+    mirror_source: String,
+}
+
+/// Resolves a profile's package set without building.
+pub fn resolve(
+    project: &Project,
+    loaded: &LoadedProfile,
+    options: &BuildOptions,
+) -> Result<ResolvedSet, BuildError> {
+    let mut seconds = StepSeconds::default();
+    let resolved = resolve_packages(project, loaded, options, &mut seconds)?;
+    Ok(ResolvedSet {
+        installed_kib: resolved
+            .records
+            .iter()
+            .map(|record| record.installed_size)
+            .sum(),
+        packages: resolved.records.iter().map(manifest_package).collect(),
+        lock_changes: resolved.lock_changes,
+        mirror_source: resolved.mirror_source,
+    })
+}
+
+fn manifest_package(record: &PackageRecord) -> ManifestPackage {
+    ManifestPackage {
+        name: record.name.clone(),
+        version: record.version.to_string(),
+        sha256: record.sha256.clone(),
+    }
+}
+
+/// The packages a profile installs: its list, plus the guest agent if enabled.
+fn package_roots(loaded: &LoadedProfile) -> Vec<String> {
+    let mut roots = loaded.profile.packages.include.clone();
+    if loaded.profile.guest_agent.enabled && !roots.iter().any(|name| name == "qemu-guest-agent") {
+        roots.push("qemu-guest-agent".into());
+    }
+    roots
+}
+
+fn resolve_packages(
+    project: &Project,
+    loaded: &LoadedProfile,
+    options: &BuildOptions,
+    seconds: &mut StepSeconds,
+) -> Result<Resolved, BuildError> {
+    let distribution = &loaded.profile.distribution;
+    let (mirror, mirror_source) = match (&options.mirror, &distribution.mirror) {
+        (Some(url), _) => (url.clone(), "--mirror".to_string()),
+        (None, Some(url)) => (url.clone(), format!("profile {}", loaded.name)),
+        (None, None) => {
+            let choice = apt_sources::host_mirror(&options.apt_root, &distribution.suite)?;
+            (
+                choice.uri.clone(),
+                format!("host apt sources ({})", choice.file.display()),
+            )
+        }
+    };
+    let cache = Cache::open(&options.cache_dir)?;
+    let repository = Repository::new(RepositoryConfig {
+        mirror,
+        suite: distribution.suite.clone(),
+        components: distribution.components.clone(),
+        architecture: distribution.architecture.clone(),
+        keyring: options
+            .keyring
+            .clone()
+            .unwrap_or_else(|| distribution.keyring.clone()),
+        offline: options.offline,
+    });
+    let started = Instant::now();
+    let (index, _info) = repository.fetch_index(&cache, &options.reporter)?;
+    seconds.index = started.elapsed().as_secs_f64();
+
+    let started = Instant::now();
+    let lockfile = Lockfile::load(&project.lockfile())?;
+    let locked = lockfile
+        .as_ref()
+        .and_then(|lock| lock.profile(&loaded.name));
+    let first_lock = locked.is_none();
+    let locked = locked.unwrap_or_default();
+    let request = ResolveRequest {
+        roots: package_roots(loaded),
+        prefer: loaded.profile.packages.prefer.clone(),
+        exclude: loaded.profile.packages.exclude.clone(),
+        locked,
+    };
+    let resolution = resolver::resolve(&index, &request)?;
+    seconds.resolve = started.elapsed().as_secs_f64();
+    let lock_changes: Vec<String> = if first_lock && !options.locked {
+        Vec::new()
+    } else if first_lock {
+        vec![format!(
+            "no entry for profile `{}` in {LOCKFILE}",
+            loaded.name
+        )]
+    } else {
+        resolution
+            .lock_changes
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    };
+    if options.locked && !lock_changes.is_empty() {
+        return Err(BuildError::LockMismatch {
+            profile: loaded.name.clone(),
+            changes: lock_changes,
+        });
+    }
+    Ok(Resolved {
+        records: resolution.packages,
+        lock_changes,
+        repository,
+        cache,
+        mirror_source,
+    })
+}
+
+/// SHA256 over everything a build reads from the project (profile, overlay,
+/// locked versions) and applbuild's version: equal digests, equal images.
+pub fn inputs_digest(project: &Project, loaded: &LoadedProfile) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(env!("CARGO_PKG_VERSION"));
+    hasher.update(loaded.digest());
+    for layer in project.overlay_layers(&loaded.name) {
+        hash_tree(&layer, &layer, &mut hasher);
+    }
+    if let Ok(Some(lock)) = Lockfile::load(&project.lockfile())
+        && let Some(packages) = lock.profile(&loaded.name)
+    {
+        for (name, package) in packages {
+            hasher.update(format!("{name} {} {}\n", package.version, package.sha256));
+        }
+    }
+    hex::encode(hasher.finalize())
+}
+
+fn hash_tree(root: &Path, dir: &Path, hasher: &mut Sha256) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .collect();
+    paths.sort();
+    for path in paths {
+        let relative = path.strip_prefix(root).unwrap_or(&path);
+        hasher.update(relative.to_string_lossy().as_bytes());
+        if let Ok(target) = std::fs::read_link(&path) {
+            hasher.update(target.to_string_lossy().as_bytes());
+        } else if path.is_dir() {
+            hash_tree(root, &path, hasher);
+        } else if let Ok(contents) = std::fs::read(&path) {
+            use std::os::unix::fs::PermissionsExt;
+            let executable =
+                std::fs::metadata(&path).is_ok_and(|m| m.permissions().mode() & 0o111 != 0);
+            hasher.update([u8::from(executable)]);
+            hasher.update(contents);
+        }
+    }
+}
+
+/// Whether `image_dir` holds an intact image built from the current inputs.
+pub fn is_up_to_date(project: &Project, loaded: &LoadedProfile, image_dir: &Path) -> bool {
+    Manifest::read(image_dir).is_some_and(|manifest| {
+        manifest.inputs_digest == inputs_digest(project, loaded)
+            && manifest.artifacts_intact(image_dir)
+    })
+}
+
+/// Builds one profile into `options.out_dir/<name>/`.
+pub fn build(
+    project: &Project,
+    name: &str,
+    options: &BuildOptions,
+) -> Result<BuildReport, BuildError> {
+    let total = Instant::now();
+    let loaded = profile::load(&project.profiles_dir(), name)?;
+    let mut seconds = StepSeconds::default();
+    let resolved = resolve_packages(project, &loaded, options, &mut seconds)?;
+
+    let started = Instant::now();
+    let downloaded = resolved
+        .records
+        .iter()
+        .filter(|record| resolved.cache.get(&record.sha256).is_none())
+        .count();
+    let deb_paths = resolved.repository.fetch_packages(
+        &resolved.cache,
+        &resolved.records,
+        &options.reporter,
+    )?;
+    seconds.download = started.elapsed().as_secs_f64();
+
+    let started = Instant::now();
+    let mut filter = PathFilter::default();
+    for pattern in &loaded.profile.packages.drop_paths {
+        filter.exclude(pattern)?;
+    }
+    let mut tree = RootfsTree::new();
+    for (record, entries) in resolved
+        .records
+        .iter()
+        .zip(unpack_all(&resolved, &deb_paths, options)?)
+    {
+        tree.insert_package(&record.name, entries, &filter)?;
+    }
+    seconds.unpack = started.elapsed().as_secs_f64();
+
+    let started = Instant::now();
+    let modules = kernel_modules::select_modules(&mut tree, &loaded.profile.kernel.modules)?;
+    let context = template_context(&loaded, &modules.kernel_version, &modules.load_order)?;
+    let renderer = Renderer::new(&context);
+    add_base_layout(&mut tree)?;
+    for item in overlay::read_layers(&project.overlay_layers(name), &renderer)? {
+        match item.kind {
+            OverlayKind::File { contents, mode } => {
+                tree.add_file(&item.path, contents, mode, 0, 0)?
+            }
+            OverlayKind::Dir { mode } => tree.add_dir(&item.path, mode, 0, 0)?,
+            OverlayKind::Symlink { target } => tree.add_symlink(&item.path, &target)?,
+        }
+    }
+    let kernel_image = match tree.get(&modules.vmlinuz).map(|node| &node.kind) {
+        Some(EntryKind::File(contents)) => contents.clone(),
+        _ => unreachable!("select_modules checked that the kernel image is a file"),
+    };
+    tree.remove(&modules.vmlinuz)?;
+    seconds.assemble = started.elapsed().as_secs_f64();
+
+    let started = Instant::now();
+    let image_dir = options.out_dir.join(name);
+    let staging = staging_dir(&options.out_dir, name)?;
+    let plan = segment_plan(&modules.modules_dir);
+    let initrd_path = staging.path().join("initrd.img");
+    initramfs::write_initramfs(
+        &tree,
+        &plan,
+        resolved.cache.root(),
+        loaded.profile.image.compression_level,
+        &initrd_path,
+        &options.reporter,
+    )?;
+    let kernel_path = staging.path().join("vmlinuz");
+    std::fs::write(&kernel_path, &kernel_image).map_err(output_error(&kernel_path))?;
+    seconds.compress = started.elapsed().as_secs_f64();
+
+    let mut artifacts = Vec::new();
+    for file in ["initrd.img", "vmlinuz"] {
+        let path = staging.path().join(file);
+        artifacts.push(Artifact {
+            file: file.into(),
+            size: std::fs::metadata(&path).map_err(output_error(&path))?.len(),
+            sha256: sha256_file(&path).map_err(output_error(&path))?,
+        });
+    }
+    let manifest = Manifest {
+        profile: name.into(),
+        profile_digest: loaded.digest(),
+        inputs_digest: String::new(),
+        applbuild_version: env!("CARGO_PKG_VERSION").into(),
+        distribution: format!(
+            "{}/{}",
+            loaded.profile.distribution.suite, loaded.profile.distribution.architecture
+        ),
+        kernel_release: modules.kernel_version.clone(),
+        rootfs_digest: hex::encode(tree.digest()),
+        modules: modules.load_order.clone(),
+        packages: resolved.records.iter().map(manifest_package).collect(),
+        artifacts,
+    };
+
+    // The lock file is written before the inputs digest is taken, since the
+    // digest covers the locked versions.
+    if !options.locked {
+        let mut lock = Lockfile::load(&project.lockfile())?.unwrap_or_default();
+        lock.set_profile(name, &resolved.records);
+        lock.save(&project.lockfile())?;
+    }
+    let manifest = Manifest {
+        inputs_digest: inputs_digest(project, &loaded),
+        ..manifest
+    };
+    let manifest_json = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
+    let manifest_path = staging.path().join(MANIFEST_FILE);
+    std::fs::write(&manifest_path, &manifest_json).map_err(output_error(&manifest_path))?;
+    let sums_path = staging.path().join("SHA256SUMS");
+    std::fs::write(&sums_path, manifest.sha256sums(&manifest_json))
+        .map_err(output_error(&sums_path))?;
+
+    let unchanged = Manifest::read(&image_dir).is_some_and(|previous| {
+        previous.artifacts == manifest.artifacts && previous.artifacts_intact(&image_dir)
+    });
+    replace_dir(staging, &image_dir)?;
+    seconds.total = total.elapsed().as_secs_f64();
+    Ok(BuildReport {
+        profile: name.into(),
+        out_dir: image_dir,
+        mirror_source: resolved.mirror_source,
+        packages: resolved.records.len(),
+        downloaded,
+        rootfs_bytes: tree.total_size(),
+        initrd_bytes: manifest.artifacts[0].size,
+        kernel_bytes: manifest.artifacts[1].size,
+        dropped_files: tree.dropped().files,
+        dropped_bytes: tree.dropped().bytes,
+        modules: modules.load_order.len(),
+        seconds,
+        lock_changes: resolved.lock_changes,
+        unchanged,
+    })
+}
+
+/// Unpacks every package in parallel (from the unpacked cache when warm);
+/// the entries come back in package order so insertion stays deterministic.
+fn unpack_all(
+    resolved: &Resolved,
+    deb_paths: &[PathBuf],
+    options: &BuildOptions,
+) -> Result<Vec<Vec<deb_archive::DataEntry>>, BuildError> {
+    use rayon::prelude::*;
+    let task = options
+        .reporter
+        .bar("unpack", deb_paths.len() as u64, Unit::Items);
+    let unpacked = resolved
+        .records
+        .par_iter()
+        .zip(deb_paths)
+        .map(|(record, path)| {
+            let result =
+                deb_archive::read_data_entries_cached(path, &record.sha256, resolved.cache.root());
+            task.inc(1);
+            result.map(|(entries, _)| entries)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    task.finish();
+    Ok(unpacked)
+}
+
+/// Three segments, so that an edit recompresses only what it touched: the
+/// kernel modules, the package files, then generated and overlay files
+/// (last, so they win over package files of the same path).
+fn segment_plan(modules_dir: &str) -> SegmentPlan {
+    let modules_prefix = format!("{modules_dir}/");
+    SegmentPlan::new()
+        .segment("modules", move |entry| {
+            entry.path.starts_with(&modules_prefix) && entry.owner.is_some()
+        })
+        .segment("packages", |entry| entry.owner.is_some())
+        .segment("config", |_| true)
+}
+
+/// A fresh folder beside the output, so the final rename stays on one file system.
+fn staging_dir(out_dir: &Path, name: &str) -> Result<tempfile::TempDir, BuildError> {
+    std::fs::create_dir_all(out_dir).map_err(output_error(out_dir))?;
+    tempfile::Builder::new()
+        .prefix(&format!(".{name}.building-"))
+        .tempdir_in(out_dir)
+        .map_err(output_error(out_dir))
+}
+
+/// Swaps the finished staging folder in; the old output is removed only
+/// after the new one is in place. A `run/` folder of `applbuild boot` is kept.
+fn replace_dir(staging: tempfile::TempDir, image_dir: &Path) -> Result<(), BuildError> {
+    let staging = staging.keep();
+    let old_run = image_dir.join("run");
+    if old_run.is_dir() {
+        let _ = std::fs::rename(&old_run, staging.join("run"));
+    }
+    let retired = image_dir.with_extension("previous");
+    let _ = std::fs::remove_dir_all(&retired);
+    if image_dir.exists() {
+        std::fs::rename(image_dir, &retired).map_err(output_error(image_dir))?;
+    }
+    std::fs::rename(&staging, image_dir).map_err(output_error(image_dir))?;
+    let _ = std::fs::remove_dir_all(&retired);
+    Ok(())
+}
+
+/// Folders every Linux system has, which base-files would have made.
+fn add_base_layout(tree: &mut RootfsTree) -> Result<(), BuildError> {
+    for (path, mode) in [
+        ("dev", 0o755),
+        ("proc", 0o555),
+        ("sys", 0o555),
+        ("run", 0o755),
+        ("tmp", 0o1777),
+        ("root", 0o700),
+        ("etc", 0o755),
+        ("var", 0o755),
+        ("var/lib", 0o755),
+        ("var/log", 0o755),
+        ("var/tmp", 0o1777),
+        ("var/cache", 0o755),
+        ("mnt", 0o755),
+    ] {
+        tree.add_dir(path, mode, 0, 0)?;
+    }
+    tree.add_symlink("var/run", "/run")?;
+    tree.add_symlink("var/lock", "/run/lock")?;
+    Ok(())
+}
+
+/// One service as the init templates see it.
+#[derive(Debug, Serialize)]
+struct ServiceContext {
+    name: String,
+    id: String,
+    kind: ServiceKind,
+    command: String,
+    ready: Option<String>,
+    post_start: Vec<String>,
+    after: Vec<String>,
+}
+
+/// The template context: the merged profile plus a `build` table with what
+/// the build computed (kernel release, module load order, services).
+fn template_context(
+    loaded: &LoadedProfile,
+    kernel_release: &str,
+    modules: &[String],
+) -> Result<serde_json::Value, BuildError> {
+    let renderer = Renderer::new(&crate::boot::check_context(loaded));
+    let mut services: BTreeMap<String, Service> = loaded.profile.services.clone();
+    if loaded.profile.guest_agent.enabled {
+        services.insert(
+            "guest-agent".into(),
+            Service {
+                command: "/usr/lib/applbuild/guest-agent".into(),
+                kind: ServiceKind::Daemon,
+                ready: Some("pidof qemu-ga".into()),
+                post_start: Vec::new(),
+                after: Vec::new(),
+            },
+        );
+    }
+    let mut rendered = Vec::new();
+    for (name, service) in &services {
+        let key = |field: &str| format!("services.{name}.{field}");
+        rendered.push(ServiceContext {
+            name: name.clone(),
+            id: name.replace(['-', '.'], "_"),
+            kind: service.kind,
+            command: renderer.render(&key("command"), &service.command)?,
+            ready: service
+                .ready
+                .as_ref()
+                .map(|ready| renderer.render(&key("ready"), ready))
+                .transpose()?,
+            post_start: service
+                .post_start
+                .iter()
+                .map(|step| renderer.render(&key("post_start"), step))
+                .collect::<Result<_, _>>()?,
+            after: service.after.clone(),
+        });
+    }
+    let mut context = crate::boot::check_context(loaded);
+    context["build"] = serde_json::json!({
+        "profile": loaded.name,
+        "kernel_release": kernel_release,
+        "modules": modules,
+        "services": rendered,
+    });
+    Ok(context)
+}
