@@ -1,0 +1,97 @@
+//! Boots the real storage and hypervisor images in QEMU and runs their
+//! profiles' health checks: `applbuild boot <profile> --check --json`.
+//! The images are built first (from the host's Debian mirror) when missing
+//! or stale, into `target/applbuild-images/`.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use assert_cmd::cargo::CommandCargoExt;
+use serde_json::Value;
+
+/// The workspace root (the folder with `profiles/`).
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Whether QEMU can run here; in CI (`CI=true`) a missing QEMU fails the test.
+fn qemu_present() -> bool {
+    let present = Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !present {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "qemu-system-x86_64 is missing: run scripts/host-setup"
+        );
+        eprintln!("SKIPPED: qemu-system-x86_64 is not installed (scripts/host-setup installs it)");
+    }
+    present
+}
+
+/// Runs `boot --check` for `profile` and returns its JSON report.
+fn boot_check(profile: &str) -> Value {
+    let out = workspace().join("target/applbuild-images");
+    let output = Command::cargo_bin("applbuild")
+        .unwrap()
+        .current_dir(workspace())
+        .args(["boot", profile, "--check", "--json", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let report: Value = serde_json::from_str(&stdout).unwrap_or_else(|_| {
+        panic!(
+            "no JSON report; status {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+            output.status
+        )
+    });
+    assert!(
+        output.status.success(),
+        "boot --check {profile} failed:\n{stdout}\n{stderr}"
+    );
+    report
+}
+
+/// Asserts the report's checks all passed and returns their names.
+fn passed_checks(report: &Value) -> Vec<String> {
+    assert_eq!(report["passed"], Value::Bool(true), "{report:#}");
+    let checks = report["checks"].as_array().expect("checks array");
+    for check in checks {
+        assert_eq!(check["passed"], Value::Bool(true), "{check:#}");
+    }
+    assert!(report["boot_to_ready_seconds"].as_f64().unwrap() > 0.0);
+    checks
+        .iter()
+        .map(|check| check["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn storage_image_boots_and_serves_its_target_on_both_portals() {
+    if !qemu_present() {
+        return;
+    }
+    let names = passed_checks(&boot_check("storage"));
+    assert!(names.iter().any(|name| name.contains("LUN 1")), "{names:?}");
+    assert!(
+        names.iter().any(|name| name.contains("both portals")),
+        "{names:?}"
+    );
+}
+
+#[test]
+fn hypervisor_image_boots_with_daemons_bridge_and_bound_ifaces() {
+    if !qemu_present() {
+        return;
+    }
+    let names = passed_checks(&boot_check("hypervisor"));
+    assert!(
+        names.iter().any(|name| name.contains("multipathd")),
+        "{names:?}"
+    );
+    assert!(names.iter().any(|name| name.contains("br0")), "{names:?}");
+    assert!(names.iter().any(|name| name.contains("bound")), "{names:?}");
+}

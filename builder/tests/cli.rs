@@ -1,0 +1,689 @@
+//! End-to-end tests of the `applbuild` binary against a signed local
+//! `file://` archive of tiny fake packages: no network, a few seconds each.
+//!
+//! Every test gets its own temporary folder holding the project
+//! (`profiles/tiny.toml`, `rootfs-overlay/common/`), the archive and the
+//! cache and output folders, and runs the binary with `--project`,
+//! `--cache-dir` and `--out` pointing there.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+use object::write::Object;
+use object::{Architecture, BinaryFormat, Endianness, SectionKind};
+use predicates::prelude::*;
+use sha2::{Digest, Sha256};
+
+use common::local_repo::{FakePackage, LocalRepo};
+
+/// Contents of the fake kernel image the kernel package ships.
+const KERNEL: &[u8] = b"MZ fake bzImage of 6.1.0-test";
+
+/// Kernel release of the fake kernel package.
+const RELEASE: &str = "6.1.0-test";
+
+/// Version of `busybox` in the first archive, and the newer one published later.
+const BUSYBOX_OLD: &str = "1:1.35.0-4";
+const BUSYBOX_NEW: &str = "1:1.36.1-1";
+
+/// Text of the plain overlay file `etc/motd`.
+const MOTD: &str = "welcome to the tiny image\n";
+
+/// A relocatable ELF like a `.ko`: only a `.modinfo` section holding the
+/// given fields, each ended by NUL, which is all module selection reads.
+fn fake_module(fields: &[&str]) -> Vec<u8> {
+    let mut object = Object::new(BinaryFormat::Elf, Architecture::X86_64, Endianness::Little);
+    let section = object.add_section(
+        Vec::new(),
+        b".modinfo".to_vec(),
+        SectionKind::ReadOnlyString,
+    );
+    let mut data = Vec::new();
+    for field in fields {
+        data.extend_from_slice(field.as_bytes());
+        data.push(0);
+    }
+    object.append_section_data(section, &data, 1);
+    object.write().expect("write fake module")
+}
+
+/// The archive's packages, with `busybox` at `busybox_version`:
+/// - `linux-image-test`: the kernel, modules `a` (needs `b`), `b` and
+///   `c` (needed by nothing), `modules.order`, `modules.builtin`;
+/// - `busybox`: `/bin/busybox` (lands in `usr/bin` on merged-/usr), a
+///   changelog and a copyright file;
+/// - `app`: depends on `gawk | mawk` (only `mawk` exists) and on the
+///   virtual `libfoo` (provided by `libfoo1`).
+fn packages(busybox_version: &str) -> Vec<FakePackage> {
+    let modules = format!("/lib/modules/{RELEASE}");
+    vec![
+        FakePackage::new("linux-image-test", "6.1.0-1")
+            .file(&format!("/boot/vmlinuz-{RELEASE}"), KERNEL, 0o644)
+            .file(
+                &format!("{modules}/kernel/drivers/x/a.ko"),
+                &fake_module(&["name=a", "depends=b"]),
+                0o644,
+            )
+            .file(
+                &format!("{modules}/kernel/drivers/x/b.ko"),
+                &fake_module(&["name=b", "depends="]),
+                0o644,
+            )
+            .file(
+                &format!("{modules}/kernel/drivers/x/c.ko"),
+                &fake_module(&["name=c", "depends="]),
+                0o644,
+            )
+            .file(
+                &format!("{modules}/modules.order"),
+                b"kernel/drivers/x/b.ko\nkernel/drivers/x/a.ko\nkernel/drivers/x/c.ko\n",
+                0o644,
+            )
+            .file(
+                &format!("{modules}/modules.builtin"),
+                b"kernel/lib/builtin_thing.ko\n",
+                0o644,
+            )
+            .file(
+                "/usr/share/doc/linux-image-test/changelog.Debian.gz",
+                b"kernel changes",
+                0o644,
+            ),
+        FakePackage::new("busybox", busybox_version)
+            .file("/bin/busybox", b"\x7fELF busybox", 0o755)
+            .file(
+                "/usr/share/doc/busybox/changelog.Debian.gz",
+                b"busybox changes",
+                0o644,
+            )
+            .file("/usr/share/doc/busybox/copyright", b"GPL-2", 0o644),
+        FakePackage::new("mawk", "1.3.4-1").file("/usr/bin/mawk", b"\x7fELF mawk", 0o755),
+        FakePackage::new("libfoo1", "2.0-1")
+            .provides("libfoo")
+            .file("/usr/lib/libfoo.so.1", b"foo", 0o644),
+        FakePackage::new("app", "1.0")
+            .depends("gawk | mawk, libfoo")
+            .file("/usr/bin/app", b"#!/bin/sh\necho app\n", 0o755),
+    ]
+}
+
+/// The packages the tiny profile resolves to, sorted by name.
+const RESOLVED: [&str; 5] = ["app", "busybox", "libfoo1", "linux-image-test", "mawk"];
+
+/// `profiles/tiny.toml` for an archive at `mirror` signed by `keyring`.
+fn tiny_profile(mirror: &str, keyring: &Path) -> String {
+    format!(
+        r#"description = "tiny test image"
+hostname = "tinyhost"
+
+[distribution]
+mirror = "{mirror}"
+suite = "bookworm"
+keyring = "{keyring}"
+
+[packages]
+include = ["linux-image-test", "busybox", "app"]
+
+[kernel]
+modules = ["a"]
+cmdline = ["console=ttyS0"]
+
+[image]
+compression_level = 3
+"#,
+        keyring = keyring.display()
+    )
+}
+
+/// SHA256 of `data` in hex.
+fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// SHA256 of a file in hex.
+fn sha256_of(path: &Path) -> String {
+    sha256_hex(&fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display())))
+}
+
+/// A temporary project with its archive; see the module documentation.
+struct Fixture {
+    dir: tempfile::TempDir,
+    repo: LocalRepo,
+}
+
+impl Fixture {
+    /// Writes the project (tiny profile, overlay with `etc/motd` and the
+    /// template `etc/greeting.j2`) and publishes [`packages`] in a new archive.
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let repo = LocalRepo::create(
+            &dir.path().join("mirror"),
+            "bookworm",
+            &packages(BUSYBOX_OLD),
+        );
+        let fixture = Self { dir, repo };
+        fs::create_dir_all(fixture.project().join("profiles")).unwrap();
+        fixture.write_profile(&tiny_profile(&fixture.repo.url, &fixture.repo.keyring));
+        let etc = fixture.project().join("rootfs-overlay/common/etc");
+        fs::create_dir_all(&etc).unwrap();
+        fs::write(etc.join("motd"), MOTD).unwrap();
+        fs::write(
+            etc.join("greeting.j2"),
+            "host={{ hostname }} kernel={{ build.kernel_release }}\n",
+        )
+        .unwrap();
+        fixture
+    }
+
+    /// The project folder (`--project`).
+    fn project(&self) -> PathBuf {
+        self.dir.path().join("project")
+    }
+
+    /// A folder in the temporary directory, for `--out` or `--cache-dir`.
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The profile file.
+    fn profile_path(&self) -> PathBuf {
+        self.project().join("profiles/tiny.toml")
+    }
+
+    /// Replaces `profiles/tiny.toml`.
+    fn write_profile(&self, text: &str) {
+        fs::write(self.profile_path(), text).unwrap();
+    }
+
+    /// The project's lock file.
+    fn lockfile(&self) -> PathBuf {
+        self.project().join("applbuild.lock")
+    }
+
+    /// `applbuild --project <project> <args>`.
+    fn applbuild(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_applbuild"));
+        command.arg("--project").arg(self.project()).args(args);
+        command
+    }
+
+    /// `applbuild build tiny --out <out> --cache-dir <cache> <extra>`, run.
+    fn build(&self, out: &str, cache: &str, extra: &[&str]) -> assert_cmd::assert::Assert {
+        self.applbuild(&["build", "tiny"])
+            .arg("--out")
+            .arg(self.path(out))
+            .arg("--cache-dir")
+            .arg(self.path(cache))
+            .args(extra)
+            .assert()
+    }
+
+    /// SHA256 of a package's `.deb` as published.
+    fn deb_sha256(&self, name: &str) -> String {
+        sha256_of(&self.repo.deb_path(name))
+    }
+}
+
+/// Standard output or error of a finished command as text.
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The files of an image folder (`initrd.img`, `vmlinuz`, `manifest.json`,
+/// `SHA256SUMS`) by name.
+fn image_files(dir: &Path) -> BTreeMap<&'static str, Vec<u8>> {
+    ["initrd.img", "vmlinuz", "manifest.json", "SHA256SUMS"]
+        .into_iter()
+        .map(|name| {
+            let path = dir.join(name);
+            let data = fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+            (name, data)
+        })
+        .collect()
+}
+
+/// `S_IFMT` and `S_IFLNK` of `stat(2)`.
+const S_IFMT: u32 = 0o170_000;
+const S_IFLNK: u32 = 0o120_000;
+
+/// One member of the initramfs: its mode and its data (a symlink's data
+/// is its target).
+#[derive(Debug)]
+struct CpioEntry {
+    mode: u32,
+    data: Vec<u8>,
+}
+
+/// Reads `initrd.img`: checks it starts with a zstd frame, decompresses all
+/// its frames and parses the concatenated newc archives. Returns the members
+/// by path (a later archive's member replaces an earlier one, as when the
+/// kernel unpacks them) and how many archives there were.
+fn initrd_entries(path: &Path) -> (BTreeMap<String, CpioEntry>, usize) {
+    let compressed = fs::read(path).unwrap();
+    assert_eq!(
+        compressed[..4],
+        [0x28, 0xb5, 0x2f, 0xfd],
+        "initrd.img starts with a zstd frame"
+    );
+    let data = zstd::stream::decode_all(compressed.as_slice()).expect("zstd frames");
+    let align = |n: usize| (n + 3) & !3;
+    let mut entries = BTreeMap::new();
+    let mut archives = 0;
+    let mut offset = 0;
+    while offset < data.len() {
+        let header = &data[offset..offset + 110];
+        assert_eq!(&header[..6], b"070701", "newc magic at offset {offset}");
+        let field = |index: usize| -> usize {
+            let hex = std::str::from_utf8(&header[6 + 8 * index..14 + 8 * index]).unwrap();
+            usize::from_str_radix(hex, 16).unwrap()
+        };
+        let (mode, file_size, name_size) = (field(1) as u32, field(6), field(11));
+        let name_start = offset + 110;
+        let name = std::str::from_utf8(&data[name_start..name_start + name_size - 1])
+            .unwrap()
+            .to_string();
+        let data_start = align(name_start + name_size);
+        let contents = data[data_start..data_start + file_size].to_vec();
+        offset = align(data_start + file_size);
+        if name == "TRAILER!!!" {
+            archives += 1;
+        } else {
+            entries.insert(
+                name,
+                CpioEntry {
+                    mode,
+                    data: contents,
+                },
+            );
+        }
+    }
+    (entries, archives)
+}
+
+/// The contents of member `path`, which must exist.
+fn member<'a>(entries: &'a BTreeMap<String, CpioEntry>, path: &str) -> &'a [u8] {
+    &entries
+        .get(path)
+        .unwrap_or_else(|| {
+            panic!(
+                "{path} is not in the initramfs: {:?}",
+                entries.keys().collect::<Vec<_>>()
+            )
+        })
+        .data
+}
+
+#[test]
+fn build_writes_a_verified_image_with_overlay_modules_and_lock() {
+    let fixture = Fixture::new();
+    let assert = fixture.build("out", "cache", &[]).success();
+    let stdout = text(&assert.get_output().stdout);
+    assert!(stdout.contains("tiny: 5 packages"), "{stdout}");
+    let image = fixture.path("out/tiny");
+
+    assert_eq!(fs::read(image.join("vmlinuz")).unwrap(), KERNEL);
+
+    let (entries, archives) = initrd_entries(&image.join("initrd.img"));
+    assert!(archives >= 1, "no newc archive in the initramfs");
+    assert_eq!(member(&entries, "etc/motd"), MOTD.as_bytes());
+    assert_eq!(
+        member(&entries, "etc/greeting"),
+        format!("host=tinyhost kernel={RELEASE}\n").as_bytes()
+    );
+    assert!(!entries.contains_key("etc/greeting.j2"));
+    let modules = format!("usr/lib/modules/{RELEASE}");
+    assert_eq!(
+        member(&entries, &format!("{modules}/kernel/drivers/x/a.ko")),
+        fake_module(&["name=a", "depends=b"])
+    );
+    assert_eq!(
+        member(&entries, &format!("{modules}/kernel/drivers/x/b.ko")),
+        fake_module(&["name=b", "depends="])
+    );
+    assert!(
+        !entries.contains_key(&format!("{modules}/kernel/drivers/x/c.ko")),
+        "module c was not requested"
+    );
+    let dep = text(member(&entries, &format!("{modules}/modules.dep")));
+    assert!(
+        dep.lines()
+            .any(|line| line == "kernel/drivers/x/a.ko: kernel/drivers/x/b.ko"),
+        "{dep}"
+    );
+    // The kernel image goes next to the initramfs, not into it.
+    assert!(!entries.contains_key(&format!("boot/vmlinuz-{RELEASE}")));
+    // Package files: merged-/usr, the alternative and the virtual package.
+    assert_eq!(member(&entries, "usr/bin/busybox"), b"\x7fELF busybox");
+    assert_eq!(member(&entries, "usr/bin/mawk"), b"\x7fELF mawk");
+    assert_eq!(member(&entries, "usr/lib/libfoo.so.1"), b"foo");
+    let changelogs: Vec<&String> = entries
+        .keys()
+        .filter(|path| path.starts_with("usr/share/doc/") && path.contains("/changelog"))
+        .collect();
+    assert!(changelogs.is_empty(), "{changelogs:?}");
+    assert_eq!(
+        member(&entries, "usr/share/doc/busybox/copyright"),
+        b"GPL-2"
+    );
+    for (link, target) in [("bin", "usr/bin"), ("sbin", "usr/sbin"), ("lib", "usr/lib")] {
+        let entry = &entries[link];
+        assert_eq!(entry.mode & S_IFMT, S_IFLNK, "{link} is a symlink");
+        assert_eq!(entry.data, target.as_bytes(), "{link} -> {target}");
+    }
+
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(image.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["profile"], "tiny");
+    assert_eq!(manifest["kernel_release"], RELEASE);
+    assert_eq!(manifest["modules"], serde_json::json!(["b", "a"]));
+    let listed: Vec<&str> = manifest["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|package| package["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, RESOLVED);
+    for package in manifest["packages"].as_array().unwrap() {
+        let name = package["name"].as_str().unwrap();
+        let expected = packages(BUSYBOX_OLD)
+            .into_iter()
+            .find(|p| p.name == name)
+            .unwrap();
+        assert_eq!(package["version"], expected.version.as_str(), "{name}");
+        assert_eq!(
+            package["sha256"],
+            fixture.deb_sha256(name).as_str(),
+            "{name}"
+        );
+    }
+    let artifacts = manifest["artifacts"].as_array().unwrap();
+    assert_eq!(artifacts.len(), 2);
+    for artifact in artifacts {
+        let path = image.join(artifact["file"].as_str().unwrap());
+        assert_eq!(artifact["sha256"], sha256_of(&path).as_str(), "{artifact}");
+        assert_eq!(artifact["size"], fs::metadata(&path).unwrap().len());
+    }
+
+    let sums = fs::read_to_string(image.join("SHA256SUMS")).unwrap();
+    let sums: BTreeMap<&str, &str> = sums
+        .lines()
+        .map(|line| {
+            let (hash, file) = line.split_once("  ").expect("sha256sum format");
+            (file, hash)
+        })
+        .collect();
+    assert_eq!(
+        sums.keys().copied().collect::<Vec<_>>(),
+        ["initrd.img", "manifest.json", "vmlinuz"]
+    );
+    for (file, hash) in sums {
+        assert_eq!(hash, sha256_of(&image.join(file)), "{file}");
+    }
+
+    let lock = fs::read_to_string(fixture.lockfile()).unwrap();
+    assert!(lock.contains("[profile.tiny]"), "{lock}");
+    for package in packages(BUSYBOX_OLD)
+        .iter()
+        .filter(|p| RESOLVED.contains(&p.name.as_str()))
+    {
+        let line = format!(
+            "name = \"{}\", version = \"{}\", sha256 = \"{}\"",
+            package.name,
+            package.version,
+            fixture.deb_sha256(&package.name)
+        );
+        assert!(lock.contains(&line), "{line} not in\n{lock}");
+    }
+}
+
+#[test]
+fn builds_are_byte_identical_with_warm_and_clean_caches() {
+    let fixture = Fixture::new();
+    fixture.build("out1", "cache1", &[]).success();
+    fixture.build("out2", "cache1", &[]).success();
+    fixture.build("out3", "cache2", &[]).success();
+    let first = image_files(&fixture.path("out1/tiny"));
+    for out in ["out2", "out3"] {
+        let again = image_files(&fixture.path(out).join("tiny"));
+        for (name, data) in &first {
+            assert!(again[name] == *data, "{out}/tiny/{name} differs from out1");
+        }
+    }
+}
+
+#[test]
+fn second_build_offline_downloads_nothing() {
+    let fixture = Fixture::new();
+    let first = fixture.build("out1", "cache", &["--json"]).success();
+    let report: serde_json::Value = serde_json::from_slice(&first.get_output().stdout).unwrap();
+    assert_eq!(report[0]["downloaded"], RESOLVED.len());
+
+    fs::remove_dir_all(&fixture.repo.root).unwrap();
+    let second = fixture
+        .build("out2", "cache", &["--offline", "--json"])
+        .success();
+    let report: serde_json::Value = serde_json::from_slice(&second.get_output().stdout).unwrap();
+    assert_eq!(report[0]["profile"], "tiny");
+    assert_eq!(report[0]["packages"], RESOLVED.len());
+    assert_eq!(report[0]["downloaded"], 0);
+    assert_eq!(
+        fs::read(fixture.path("out2/tiny/initrd.img")).unwrap(),
+        fs::read(fixture.path("out1/tiny/initrd.img")).unwrap()
+    );
+}
+
+#[test]
+fn tampered_deb_fails_and_keeps_the_previous_image() {
+    let fixture = Fixture::new();
+    fixture.build("out", "cache1", &[]).success();
+    let before = image_files(&fixture.path("out/tiny"));
+
+    fixture.repo.corrupt_deb("busybox");
+    let assert = fixture.build("out", "cache2", &[]).failure();
+    let stderr = text(&assert.get_output().stderr);
+    assert!(stderr.contains("busybox"), "{stderr}");
+    assert!(stderr.contains("busybox_1.35.0-4_amd64.deb"), "{stderr}");
+    assert!(stderr.contains("SHA256 mismatch"), "{stderr}");
+
+    assert!(
+        image_files(&fixture.path("out/tiny")) == before,
+        "the previous image changed"
+    );
+    let left: Vec<String> = fs::read_dir(fixture.path("out"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["tiny"], "staging folders left behind");
+}
+
+#[test]
+fn inrelease_signed_by_another_key_is_refused() {
+    let fixture = Fixture::new();
+    fixture.repo.resign_with_other_key();
+    fixture
+        .build("out", "cache", &[])
+        .failure()
+        .stderr(predicate::str::contains("InRelease"))
+        .stderr(predicate::str::contains("signed by"))
+        .stderr(predicate::str::contains(
+            fixture.repo.keyring.display().to_string(),
+        ));
+    assert!(!fixture.path("out/tiny").exists());
+}
+
+#[test]
+fn unknown_profile_key_names_file_line_and_key() {
+    let fixture = Fixture::new();
+    let profile = tiny_profile(&fixture.repo.url, &fixture.repo.keyring)
+        .replace("compression_level = 3", "compresion_level = 3");
+    let line = profile
+        .lines()
+        .position(|line| line.starts_with("compresion_level"))
+        .unwrap()
+        + 1;
+    fixture.write_profile(&profile);
+    fixture
+        .build("out", "cache", &[])
+        .failure()
+        .stderr(predicate::str::contains(format!("tiny.toml:{line}:")))
+        .stderr(predicate::str::contains("compresion_level"));
+}
+
+#[test]
+fn wrongly_typed_profile_value_names_the_key() {
+    let fixture = Fixture::new();
+    let profile = tiny_profile(&fixture.repo.url, &fixture.repo.keyring)
+        .replace("compression_level = 3", "compression_level = \"high\"");
+    fixture.write_profile(&profile);
+    fixture
+        .build("out", "cache", &[])
+        .failure()
+        .stderr(predicate::str::contains("key `compression_level`"));
+}
+
+#[test]
+fn template_error_names_the_overlay_file_and_line() {
+    let fixture = Fixture::new();
+    fs::write(
+        fixture
+            .project()
+            .join("rootfs-overlay/common/etc/greeting.j2"),
+        "host={{ hostname }}\nowner={{ hostname.owner.name }}\n",
+    )
+    .unwrap();
+    fixture
+        .build("out", "cache", &[])
+        .failure()
+        .stderr(predicate::str::contains("etc/greeting.j2:2"));
+}
+
+#[test]
+fn unknown_kernel_module_is_named() {
+    let fixture = Fixture::new();
+    let profile = tiny_profile(&fixture.repo.url, &fixture.repo.keyring)
+        .replace("modules = [\"a\"]", "modules = [\"a\", \"nosuchmod\"]");
+    fixture.write_profile(&profile);
+    fixture
+        .build("out", "cache", &[])
+        .failure()
+        .stderr(predicate::str::contains("no module named nosuchmod"));
+}
+
+#[test]
+fn locked_build_refuses_a_changed_archive_and_unlocked_build_updates_the_lock() {
+    let fixture = Fixture::new();
+    fixture.build("out", "cache", &[]).success();
+    let lock_before = fs::read_to_string(fixture.lockfile()).unwrap();
+    assert!(lock_before.contains(BUSYBOX_OLD), "{lock_before}");
+
+    fixture.repo.publish(&packages(BUSYBOX_NEW));
+    fixture
+        .build("out", "cache", &["--locked"])
+        .failure()
+        .stderr(predicate::str::contains("--locked"))
+        .stderr(predicate::str::contains(format!(
+            "busybox: {BUSYBOX_OLD} -> {BUSYBOX_NEW}"
+        )));
+    assert_eq!(fs::read_to_string(fixture.lockfile()).unwrap(), lock_before);
+
+    fixture
+        .build("out", "cache", &[])
+        .success()
+        .stdout(predicate::str::contains(format!(
+            "lock: busybox: {BUSYBOX_OLD} -> {BUSYBOX_NEW}"
+        )));
+    let lock_after = fs::read_to_string(fixture.lockfile()).unwrap();
+    assert!(
+        lock_after.contains(&format!(
+            "name = \"busybox\", version = \"{BUSYBOX_NEW}\", sha256 = \"{}\"",
+            fixture.deb_sha256("busybox")
+        )),
+        "{lock_after}"
+    );
+    assert!(!lock_after.contains(BUSYBOX_OLD), "{lock_after}");
+}
+
+#[test]
+fn list_show_and_help_describe_the_project() {
+    let fixture = Fixture::new();
+    fixture
+        .applbuild(&["list"])
+        .assert()
+        .success()
+        .stdout(predicate::str::is_match(r"(?m)^tiny\s+tiny test image$").unwrap());
+
+    let list = fixture.applbuild(&["list", "--json"]).assert().success();
+    let rows: serde_json::Value = serde_json::from_slice(&list.get_output().stdout).unwrap();
+    assert_eq!(
+        rows,
+        serde_json::json!([{"name": "tiny", "extends": false, "description": "tiny test image"}])
+    );
+
+    let show = fixture
+        .applbuild(&["show", "tiny", "--json", "--cache-dir"])
+        .arg(fixture.path("cache"))
+        .assert()
+        .success();
+    let shown: serde_json::Value = serde_json::from_slice(&show.get_output().stdout).unwrap();
+    assert_eq!(shown["profile"], "tiny");
+    assert_eq!(shown["merged"]["hostname"], "tinyhost");
+    assert_eq!(
+        shown["merged"]["kernel"]["modules"],
+        serde_json::json!(["a"])
+    );
+    assert_eq!(shown["merged"]["image"]["compression_level"], 3);
+    let resolved: Vec<(&str, &str)> = shown["packages"]["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["name"].as_str().unwrap(), p["version"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        resolved,
+        [
+            ("app", "1.0"),
+            ("busybox", BUSYBOX_OLD),
+            ("libfoo1", "2.0-1"),
+            ("linux-image-test", "6.1.0-1"),
+            ("mawk", "1.3.4-1"),
+        ]
+    );
+
+    fixture
+        .applbuild(&["build", "--help"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("--offline"))
+        .stdout(predicate::str::contains("--locked"));
+}
+
+#[test]
+fn clean_removes_the_output_and_with_cache_the_cache() {
+    let fixture = Fixture::new();
+    fixture.build("out", "cache", &[]).success();
+    assert!(fixture.path("out/tiny/initrd.img").is_file());
+
+    fixture
+        .applbuild(&["clean", "--out"])
+        .arg(fixture.path("out"))
+        .arg("--cache-dir")
+        .arg(fixture.path("cache"))
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("removed"));
+    assert!(!fixture.path("out").exists());
+    assert!(fixture.path("cache").is_dir(), "cache kept without --cache");
+
+    fixture
+        .applbuild(&["clean", "--cache", "--out"])
+        .arg(fixture.path("out"))
+        .arg("--cache-dir")
+        .arg(fixture.path("cache"))
+        .assert()
+        .success();
+    assert!(!fixture.path("cache").exists());
+}
