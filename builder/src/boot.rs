@@ -141,6 +141,7 @@ pub fn vm_spec(
             .guest_agent
             .enabled
             .then(|| run_dir.join("qga.sock")),
+        exit_on_reboot: true,
     })
 }
 

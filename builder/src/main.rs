@@ -106,6 +106,18 @@ enum Command {
         #[command(flatten)]
         build: BuildArgs,
     },
+    /// Run the failover acceptance suite (scenarios S1–S14 of
+    /// docs/acceptance.md) on both images in QEMU.
+    ///
+    /// Runs the `applbuild-test` program (from the qemu-tests crate) found
+    /// next to this one or on PATH, passing every argument on; see
+    /// `applbuild test --help` for --scenario, --junit, --json and --keep.
+    #[command(disable_help_flag = true)]
+    Test {
+        /// Arguments for applbuild-test.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
     /// Remove built images (and with --cache, the download cache).
     Clean {
         /// Output folder.
@@ -310,6 +322,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+        Command::Test { args } => run_acceptance_suite(&project, &args),
+        Command::Test { args } => run_acceptance_suite(&project, &args),
         Command::Clean {
             out,
             cache_dir,
@@ -361,6 +375,32 @@ fn boot_interactive(spec: &qemu::VmSpec) -> Result<ExitCode> {
         .args(spec.interactive_args())
         .status()
         .with_context(|| format!("starting {}", qemu::QEMU_BINARY))?;
+    Ok(if status.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// The suite lives in its own crate (it drives this one's library), so it
+/// is a separate program, like cargo's external subcommands.
+fn run_acceptance_suite(project: &Project, args: &[std::ffi::OsString]) -> Result<ExitCode> {
+    const SUITE: &str = "applbuild-test";
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join(SUITE)))
+        .filter(|path| path.is_file());
+    let program = beside.map_or_else(|| PathBuf::from(SUITE), PathBuf::from);
+    let status = std::process::Command::new(&program)
+        .args(args)
+        .current_dir(project.root())
+        .status()
+        .with_context(|| {
+            format!(
+                "cannot run {}: build it with `cargo build --release -p qemu-tests`",
+                program.display()
+            )
+        })?;
     Ok(if status.success() {
         ExitCode::SUCCESS
     } else {

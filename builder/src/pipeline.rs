@@ -119,6 +119,11 @@ impl Project {
             .ok_or_else(|| BuildError::NoProject(start.to_path_buf()))
     }
 
+    /// The project folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// `profiles/`.
     pub fn profiles_dir(&self) -> PathBuf {
         self.root.join("profiles")

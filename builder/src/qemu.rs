@@ -91,6 +91,9 @@ pub struct VmSpec {
     pub qmp_socket: PathBuf,
     /// Guest-agent socket to create, if the image runs the agent.
     pub qga_socket: Option<PathBuf>,
+    /// QEMU exits when the guest reboots (`-no-reboot`); false lets the
+    /// guest reboot in the same process (same sockets, same NICs).
+    pub exit_on_reboot: bool,
 }
 
 impl VmSpec {
@@ -118,7 +121,6 @@ impl VmSpec {
             "q35".into(),
             "-nodefaults".into(),
             "-no-user-config".into(),
-            "-no-reboot".into(),
             "-m".into(),
             self.memory_mib.to_string(),
             "-smp".into(),
@@ -132,6 +134,9 @@ impl VmSpec {
             "-qmp".into(),
             format!("unix:{},server=on,wait=off", self.qmp_socket.display()),
         ];
+        if self.exit_on_reboot {
+            args.push("-no-reboot".into());
+        }
         match self.accel {
             Accel::Kvm => args.extend(["-accel", "kvm", "-cpu", "host"].map(String::from)),
             Accel::Tcg => {
@@ -434,6 +439,7 @@ mod tests {
             }],
             qmp_socket: "/tmp/qmp.sock".into(),
             qga_socket: Some("/tmp/qga.sock".into()),
+            exit_on_reboot: true,
         }
     }
 
@@ -453,6 +459,15 @@ mod tests {
         assert!(args.contains("name=org.qemu.guest_agent.0"), "{args}");
         assert!(args.contains("-accel tcg -cpu max"), "{args}");
         assert!(args.contains("-serial stdio"), "{args}");
+        assert!(args.contains("-no-reboot"), "{args}");
+    }
+
+    #[test]
+    fn a_rebootable_vm_has_no_no_reboot_flag() {
+        let mut spec = spec();
+        spec.exit_on_reboot = false;
+        assert!(!spec.headless_args().iter().any(|arg| arg == "-no-reboot"));
+        assert!(!spec.interactive_args().iter().any(|arg| arg == "-no-reboot"));
     }
 
     #[test]

@@ -44,17 +44,27 @@ impl Renderer {
                     .line()
                     .map(|line| format!(":{line}"))
                     .unwrap_or_default(),
-                message: describe(&error),
+                message: describe(&error, source),
             })
     }
 }
 
-fn describe(error: &minijinja::Error) -> String {
+/// minijinja's complaint, followed by the template line it is about (a
+/// strict "undefined value" does not say which of the line's values it is).
+fn describe(error: &minijinja::Error, source: &str) -> String {
     let mut message = error
         .detail()
         .map_or_else(|| error.kind().to_string(), String::from);
     if error.detail().is_some() {
         message = format!("{}: {message}", error.kind());
+    }
+    let line = error
+        .line()
+        .and_then(|line| source.lines().nth(line.checked_sub(1)?))
+        .map(str::trim)
+        .filter(|line| !line.is_empty());
+    if let Some(line) = line {
+        message.push_str(&format!(" in `{line}`"));
     }
     message
 }
@@ -85,6 +95,7 @@ mod tests {
         assert_eq!(error.name, "etc/tgt/targets.conf.j2");
         assert_eq!(error.line, ":2");
         assert!(error.to_string().contains("undefined"), "{error}");
+        assert!(error.message.ends_with(" in `{{ target.iqn }}`"), "{error}");
     }
 
     #[test]

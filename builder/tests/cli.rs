@@ -558,7 +558,12 @@ fn template_error_names_the_overlay_file_and_line() {
     fixture
         .build("out", "cache", &[])
         .failure()
-        .stderr(predicate::str::contains("etc/greeting.j2:2"));
+        .stderr(predicate::str::contains(
+            "etc/greeting.j2:2: undefined value",
+        ))
+        .stderr(predicate::str::contains(
+            "in `owner={{ hostname.owner.name }}`",
+        ));
 }
 
 #[test]

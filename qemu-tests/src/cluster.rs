@@ -1,0 +1,379 @@
+//! The two-node cluster under test: the storage node and the hypervisor node,
+//! each with one NIC on SAN-A and one on SAN-B, booted once and shared by
+//! every scenario. Each node is driven through QMP (virtual cables) and the
+//! QEMU guest agent (commands), and its serial console is kept in a log.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use applbuild::boot::{self, READY_MARKER};
+use applbuild::profile::{self, LoadedProfile};
+use applbuild::qemu::{self, Accel, NetBackend, RunningVm};
+use applbuild::qga::{ExecOutput, QgaClient};
+use applbuild::qmp::QmpClient;
+
+use crate::network::VdeSwitch;
+use crate::waits::{Scale, wait_until};
+
+/// Profile names of the two nodes.
+pub const STORAGE: &str = "storage";
+/// See [`STORAGE`].
+pub const HYPERVISOR: &str = "hypervisor";
+
+/// One booted VM and its control channels.
+pub struct Node {
+    /// Profile name.
+    pub name: String,
+    /// The profile the image was built from.
+    pub loaded: LoadedProfile,
+    /// The QEMU process.
+    pub vm: RunningVm,
+    qmp: QmpClient,
+    qga: Option<QgaClient>,
+    /// Seconds from starting QEMU (or from the reboot command) to the ready line, per boot.
+    pub boot_to_ready: Vec<f64>,
+    /// Where the node's sockets and disks are.
+    pub run_dir: PathBuf,
+    /// Wait scale.
+    pub scale: Scale,
+    scanned: usize,
+}
+
+/// What a console scan found since the previous scan.
+#[derive(Debug, Default, Clone)]
+pub struct ConsoleScan {
+    /// Lines that fail the scenario: kernel panic, Oops, BUG, hung task,
+    /// I/O errors on device-mapper devices (what guests would see).
+    pub fatal: Vec<String>,
+    /// I/O errors on single `sd` paths: expected while a path is failing
+    /// (multipath retries the I/O on another path); reported, not failed.
+    pub path_errors: Vec<String>,
+}
+
+/// Splits the kernel's alarming console lines into fatal ones and the
+/// expected per-path SCSI errors.
+pub fn classify_console(console: &str) -> ConsoleScan {
+    let mut scan = ConsoleScan::default();
+    for line in qemu::fatal_lines(console) {
+        let path_error = line.contains("I/O error")
+            && (line.contains("dev sd") || line.contains("on dev sd"))
+            && !line.contains("dev dm-");
+        if path_error {
+            scan.path_errors.push(line);
+        } else {
+            scan.fatal.push(line);
+        }
+    }
+    scan
+}
+
+impl Node {
+    fn boot(
+        loaded: LoadedProfile,
+        image_dir: &Path,
+        run_dir: &Path,
+        serial_log: &Path,
+        accel: Accel,
+        backend_for: &dyn Fn(&str) -> NetBackend,
+    ) -> Result<Self> {
+        std::fs::create_dir_all(run_dir)
+            .with_context(|| format!("creating {}", run_dir.display()))?;
+        let scale = Scale(accel.timeout_scale());
+        let mut spec = boot::vm_spec(&loaded, image_dir, run_dir, accel, backend_for)?;
+        // S14 reboots the hypervisor inside the same QEMU process.
+        spec.exit_on_reboot = false;
+        let vm = RunningVm::start(spec, serial_log)?;
+        let qmp = QmpClient::connect(&run_dir.join("qmp.sock"), Duration::from_secs(30))
+            .with_context(|| format!("{}: QMP", loaded.name))?;
+        let mut node = Self {
+            name: loaded.name.clone(),
+            loaded,
+            vm,
+            qmp,
+            qga: None,
+            boot_to_ready: Vec::new(),
+            run_dir: run_dir.to_path_buf(),
+            scale,
+            scanned: 0,
+        };
+        let started = node.vm.started;
+        node.await_ready(1, started, scale.secs(60))?;
+        Ok(node)
+    }
+
+    /// Waits for the `count`-th ready line, records boot-to-ready from
+    /// `since`, then (re)connects the guest agent.
+    fn await_ready(&mut self, count: usize, since: Instant, timeout: Duration) -> Result<()> {
+        let vm = &mut self.vm;
+        let ready = wait_until(timeout, Duration::from_millis(100), || {
+            vm.console().matches(READY_MARKER).count() >= count || vm.has_exited()
+        }) && !vm.has_exited();
+        if !ready {
+            let fatal = qemu::fatal_lines(&self.vm.console());
+            bail!(
+                "{}: no `{READY_MARKER}` line within {timeout:?} (serial log {}){}",
+                self.name,
+                self.vm.serial_log.display(),
+                if fatal.is_empty() {
+                    String::new()
+                } else {
+                    format!(":\n  {}", fatal.join("\n  "))
+                }
+            );
+        }
+        self.boot_to_ready.push(since.elapsed().as_secs_f64());
+        self.qga = None;
+        let qga = QgaClient::connect(&self.qga_socket(), self.scale.secs(30))
+            .with_context(|| format!("{}: guest agent", self.name))?;
+        self.qga = Some(qga);
+        Ok(())
+    }
+
+    /// The guest-agent socket.
+    pub fn qga_socket(&self) -> PathBuf {
+        self.run_dir.join("qga.sock")
+    }
+
+    /// The QMP socket.
+    pub fn qmp_socket(&self) -> PathBuf {
+        self.run_dir.join("qmp.sock")
+    }
+
+    /// Runs a shell command in the guest; `timeout` is nominal (scaled
+    /// under TCG).
+    pub fn exec(&mut self, command: &str, timeout: Duration) -> Result<ExecOutput> {
+        let scaled = timeout * self.scale.0;
+        let qga = self
+            .qga
+            .as_mut()
+            .ok_or_else(|| anyhow!("{}: guest agent not connected", self.name))?;
+        qga.exec_shell(command, scaled)
+            .with_context(|| format!("{}: running `{command}`", self.name))
+    }
+
+    /// Runs a command that must succeed within 30 s (nominal) and returns
+    /// its standard output.
+    pub fn sh(&mut self, command: &str) -> Result<String> {
+        let output = self.exec(command, Duration::from_secs(30))?;
+        if !output.success() {
+            bail!(
+                "{}: `{command}` exited with {}\nstdout:\n{}stderr:\n{}",
+                self.name,
+                output.exit_code,
+                output.stdout,
+                output.stderr
+            );
+        }
+        Ok(output.stdout)
+    }
+
+    /// Pulls or replugs the virtual cable of the NIC on `network`
+    /// (NIC ids are the network names).
+    pub fn set_link(&mut self, network: &str, up: bool) -> Result<()> {
+        self.qmp
+            .set_link(network, up)
+            .with_context(|| format!("{}: set_link {network} {up}", self.name))
+    }
+
+    /// The networks this node has a NIC on.
+    pub fn networks(&self) -> Vec<String> {
+        self.loaded
+            .profile
+            .network
+            .interfaces
+            .iter()
+            .map(|interface| interface.network.clone())
+            .collect()
+    }
+
+    /// Console lines printed since the previous scan, classified.
+    pub fn scan_console(&mut self) -> ConsoleScan {
+        let console = self.vm.console();
+        let start = self.scanned.min(console.len());
+        self.scanned = console.len();
+        classify_console(&console[start..])
+    }
+
+    /// Reboots the guest (QEMU keeps running) and waits for it to be ready
+    /// again; returns seconds from the reboot command to the ready line.
+    pub fn reboot(&mut self, timeout: Duration) -> Result<f64> {
+        let count = self.vm.console().matches(READY_MARKER).count() + 1;
+        let started = Instant::now();
+        self.exec(
+            "(sleep 1; reboot) </dev/null >/dev/null 2>&1 &",
+            Duration::from_secs(10),
+        )?;
+        self.qga = None;
+        self.await_ready(count, started, timeout)?;
+        Ok(*self.boot_to_ready.last().expect("just recorded"))
+    }
+
+    /// Powers the guest off and stops QEMU.
+    pub fn shutdown(&mut self) {
+        let _ = self.qmp.quit();
+        self.vm.stop(Duration::from_secs(5));
+    }
+}
+
+/// Both nodes on both networks.
+pub struct Cluster {
+    /// The storage node (tgtd).
+    pub storage: Node,
+    /// The hypervisor node (open-iscsi, multipath, br0).
+    pub hypervisor: Node,
+    /// SAN-A and SAN-B.
+    pub switches: Vec<VdeSwitch>,
+    /// Sockets and disks.
+    pub run_dir: PathBuf,
+    /// Serial logs and failure outputs.
+    pub artifacts: PathBuf,
+    /// How the CPUs are emulated.
+    pub accel: Accel,
+}
+
+impl Cluster {
+    /// Starts one switch per network the profiles name, then boots the
+    /// storage node, then the hypervisor node, each to its ready line.
+    pub fn boot(
+        profiles_dir: &Path,
+        images: &Path,
+        run_dir: &Path,
+        artifacts: &Path,
+        accel: Accel,
+    ) -> Result<Self> {
+        let storage_profile = profile::load(profiles_dir, STORAGE)?;
+        let hypervisor_profile = profile::load(profiles_dir, HYPERVISOR)?;
+        let mut networks: Vec<String> = Vec::new();
+        for loaded in [&storage_profile, &hypervisor_profile] {
+            for interface in &loaded.profile.network.interfaces {
+                if !networks.contains(&interface.network) {
+                    networks.push(interface.network.clone());
+                }
+            }
+        }
+        let mut switches = Vec::new();
+        for network in &networks {
+            switches.push(VdeSwitch::start(network, run_dir)?);
+        }
+        let sockets: BTreeMap<String, PathBuf> = switches
+            .iter()
+            .map(|switch| (switch.name.clone(), switch.socket.clone()))
+            .collect();
+        let backend_for = move |network: &str| NetBackend::Vde {
+            socket: sockets[network].clone(),
+        };
+        std::fs::create_dir_all(artifacts)
+            .with_context(|| format!("creating {}", artifacts.display()))?;
+        let storage = Node::boot(
+            storage_profile,
+            &images.join(STORAGE),
+            &run_dir.join(STORAGE),
+            &artifacts.join("storage-serial.log"),
+            accel,
+            &backend_for,
+        )?;
+        let hypervisor = Node::boot(
+            hypervisor_profile,
+            &images.join(HYPERVISOR),
+            &run_dir.join(HYPERVISOR),
+            &artifacts.join("hypervisor-serial.log"),
+            accel,
+            &backend_for,
+        )?;
+        Ok(Self {
+            storage,
+            hypervisor,
+            switches,
+            run_dir: run_dir.to_path_buf(),
+            artifacts: artifacts.to_path_buf(),
+            accel,
+        })
+    }
+
+    /// Wait scale.
+    pub fn scale(&self) -> Scale {
+        Scale(self.accel.timeout_scale())
+    }
+
+    /// Console lines of both nodes since the previous scan, prefixed with
+    /// the node's name.
+    pub fn scan_consoles(&mut self) -> ConsoleScan {
+        let mut all = ConsoleScan::default();
+        for node in [&mut self.storage, &mut self.hypervisor] {
+            let scan = node.scan_console();
+            let name = node.name.clone();
+            all.fatal
+                .extend(scan.fatal.into_iter().map(|l| format!("{name}: {l}")));
+            all.path_errors
+                .extend(scan.path_errors.into_iter().map(|l| format!("{name}: {l}")));
+        }
+        all
+    }
+
+    /// Replugs every cable (after a scenario, whatever happened in it).
+    pub fn replug_all(&mut self) -> Result<()> {
+        for node in [&mut self.storage, &mut self.hypervisor] {
+            for network in node.networks() {
+                node.set_link(&network, true)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// How to reach the VMs by hand (for `--keep`).
+    pub fn attach_help(&self) -> String {
+        let mut text = String::new();
+        for node in [&self.storage, &self.hypervisor] {
+            text.push_str(&format!(
+                "  {}: QMP {}\n  {}: guest agent {}\n  {}: serial log {}\n",
+                node.name,
+                node.qmp_socket().display(),
+                node.name,
+                node.qga_socket().display(),
+                node.name,
+                node.vm.serial_log.display(),
+            ));
+        }
+        for switch in &self.switches {
+            text.push_str(&format!(
+                "  {}: vde_switch pid {} sockets {}\n",
+                switch.name,
+                switch.pid(),
+                switch.socket.display()
+            ));
+        }
+        text.push_str(&format!(
+            "  run a command: applbuild-test exec {} 'multipathd show paths'\n",
+            self.hypervisor.qga_socket().display()
+        ));
+        text
+    }
+
+    /// Stops both VMs and the switches.
+    pub fn shutdown(&mut self) {
+        self.hypervisor.shutdown();
+        self.storage.shutdown();
+        self.switches.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sd_path_errors_are_reported_not_fatal() {
+        let console = "\
+[ 10.1] I/O error, dev sdc, sector 2048 op 0x1:(WRITE) flags 0x8800 phys_seg 1 prio class 2
+[ 10.2] device-mapper: multipath: 253:0: Failing path 8:32.
+[ 11.0] Buffer I/O error on dev dm-0, logical block 0, async page read
+[ 12.0] INFO: task dd:123 blocked for more than 120 seconds.
+";
+        let scan = classify_console(console);
+        assert_eq!(scan.path_errors.len(), 1, "{scan:?}");
+        assert!(scan.path_errors[0].contains("dev sdc"));
+        assert_eq!(scan.fatal.len(), 2, "{scan:?}");
+    }
+}

@@ -1,0 +1,497 @@
+//! The acceptance scenarios S1–S14 of `docs/acceptance.md`, as named
+//! functions run in order on one booted cluster, and the helpers they share
+//! (facts from the profiles, path and session state of the hypervisor).
+
+mod access;
+mod basic;
+mod faults;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+
+use crate::cluster::{Cluster, Node};
+use crate::report::{Outcome, ScenarioReport};
+use crate::waits::wait_for;
+
+/// A scenario body: asserts through `Result`, records timings in the context.
+pub type ScenarioFn = fn(&mut Ctx) -> Result<()>;
+
+/// One scenario of the suite.
+pub struct Scenario {
+    /// `S1` … `S14`.
+    pub id: &'static str,
+    /// What it proves.
+    pub title: &'static str,
+    /// Its implementation, if any.
+    pub run: Option<ScenarioFn>,
+}
+
+/// Every scenario, in the order they run.
+pub fn all() -> Vec<Scenario> {
+    vec![
+        Scenario {
+            id: "S1",
+            title: "storage node up",
+            run: Some(basic::s1_storage_up),
+        },
+        Scenario {
+            id: "S2",
+            title: "discovery",
+            run: Some(basic::s2_discovery),
+        },
+        Scenario {
+            id: "S3",
+            title: "login",
+            run: Some(basic::s3_login),
+        },
+        Scenario {
+            id: "S4",
+            title: "multipath",
+            run: Some(basic::s4_multipath),
+        },
+        Scenario {
+            id: "S5",
+            title: "bridge",
+            run: Some(basic::s5_bridge),
+        },
+        Scenario {
+            id: "S7",
+            title: "initiator link cut under I/O",
+            run: Some(faults::s7_initiator_link_cut),
+        },
+        Scenario {
+            id: "S8",
+            title: "target link cut under ping",
+            run: Some(faults::s8_target_link_cut),
+        },
+        Scenario {
+            id: "S9",
+            title: "throughput",
+            run: Some(faults::s9_throughput),
+        },
+        Scenario {
+            id: "S10",
+            title: "all paths down",
+            run: Some(faults::s10_all_paths_down),
+        },
+        Scenario {
+            id: "S11",
+            title: "target restart",
+            run: Some(faults::s11_target_restart),
+        },
+        Scenario {
+            id: "S12",
+            title: "link flapping",
+            run: Some(faults::s12_link_flapping),
+        },
+        Scenario {
+            id: "S13",
+            title: "access control",
+            run: Some(access::s13_access_control),
+        },
+        Scenario {
+            id: "S14",
+            title: "reboot",
+            run: Some(access::s14_reboot),
+        },
+        Scenario {
+            id: "S6",
+            title: "VM on the multipath disk",
+            run: None,
+        },
+    ]
+}
+
+/// Values from the profiles the scenarios assert against.
+#[derive(Debug, Clone)]
+pub struct Facts {
+    /// Target IQN.
+    pub target: String,
+    /// Portals `ADDRESS:PORT`.
+    pub portals: Vec<String>,
+    /// iSCSI iface names and the NIC each is bound to.
+    pub ifaces: Vec<(String, String)>,
+    /// WWID of LUN 1.
+    pub wwid: String,
+    /// Map alias.
+    pub alias: String,
+    /// Size of the LUN's backing disk.
+    pub disk_bytes: u64,
+    /// The longest a dead link may go unnoticed: NOP-Out interval + timeout
+    /// + fast_io_fail_tmo + one checker interval.
+    pub detection_bound_s: f64,
+    /// The bridge's address without the prefix length.
+    pub hypervisor_bridge_ip: String,
+    /// Storage node address on SAN-A.
+    pub storage_ip_a: String,
+    /// The hypervisor NIC on SAN-B and its network (the one cut in S7).
+    pub hypervisor_nic_b: (String, String),
+    /// The storage NIC on SAN-B and its network.
+    pub storage_nic_b: (String, String),
+}
+
+impl Facts {
+    /// Reads the facts from the two profiles.
+    pub fn from_cluster(cluster: &Cluster) -> Result<Self> {
+        let storage = &cluster.storage.loaded.profile;
+        let hypervisor = &cluster.hypervisor.loaded.profile;
+        let target = storage
+            .target
+            .as_ref()
+            .ok_or_else(|| anyhow!("storage profile has no [target]"))?;
+        let initiator = hypervisor
+            .initiator
+            .as_ref()
+            .ok_or_else(|| anyhow!("hypervisor profile has no [initiator]"))?;
+        let multipath = hypervisor
+            .multipath
+            .as_ref()
+            .ok_or_else(|| anyhow!("hypervisor profile has no [multipath]"))?;
+        let disk = storage
+            .qemu
+            .disks
+            .first()
+            .ok_or_else(|| anyhow!("storage profile has no [qemu] disk"))?;
+        let nic_on = |profile: &applbuild::profile::Profile, network: &str| {
+            profile
+                .network
+                .interfaces
+                .iter()
+                .find(|i| i.network == network)
+                .map(|i| (i.name.clone(), i.network.clone()))
+                .ok_or_else(|| anyhow!("no NIC on {network}"))
+        };
+        let bridge_ip = hypervisor
+            .network
+            .bridges
+            .first()
+            .and_then(|b| b.address.clone())
+            .ok_or_else(|| anyhow!("hypervisor profile has no bridge address"))?;
+        let storage_ip_a = storage
+            .network
+            .interfaces
+            .iter()
+            .find(|i| i.network == "san-a")
+            .and_then(|i| i.address.clone())
+            .ok_or_else(|| anyhow!("storage has no address on san-a"))?;
+        let timeouts = &initiator.timeouts;
+        Ok(Self {
+            target: target.iqn.clone(),
+            portals: target.portals.clone(),
+            ifaces: initiator
+                .ifaces
+                .iter()
+                .map(|i| (i.name.clone(), i.netdev.clone()))
+                .collect(),
+            wwid: multipath.wwid.clone(),
+            alias: multipath.alias.clone(),
+            disk_bytes: disk.size_mib << 20,
+            detection_bound_s: f64::from(
+                timeouts.noop_out_interval
+                    + timeouts.noop_out_timeout
+                    + multipath.fast_io_fail_tmo
+                    + multipath.polling_interval,
+            ),
+            hypervisor_bridge_ip: strip_prefix_len(&bridge_ip),
+            storage_ip_a: strip_prefix_len(&storage_ip_a),
+            hypervisor_nic_b: nic_on(hypervisor, "san-b")?,
+            storage_nic_b: nic_on(storage, "san-b")?,
+        })
+    }
+
+    /// Number of paths expected: portals × ifaces.
+    pub fn paths(&self) -> usize {
+        self.portals.len() * self.ifaces.len()
+    }
+
+    /// The iSCSI iface bound to `nic` (or to the bridge `nic` is a port of).
+    pub fn iface_over(&self, nic: &str) -> Option<String> {
+        self.ifaces
+            .iter()
+            .find(|(_, netdev)| netdev == nic)
+            .map(|(name, _)| name.clone())
+    }
+}
+
+fn strip_prefix_len(address: &str) -> String {
+    address.split('/').next().unwrap_or(address).to_string()
+}
+
+/// What a scenario works with and records.
+pub struct Ctx<'a> {
+    /// The booted nodes.
+    pub cluster: &'a mut Cluster,
+    /// Profile values.
+    pub facts: Facts,
+    /// Measurements, by name.
+    pub timings: BTreeMap<String, f64>,
+    /// Observations that do not fail the scenario.
+    pub notes: Vec<String>,
+    /// Guest outputs worth keeping if the scenario fails.
+    pub outputs: Vec<String>,
+}
+
+impl Ctx<'_> {
+    /// Records a measurement.
+    pub fn timing(&mut self, name: &str, value: f64) {
+        self.timings.insert(name.to_string(), (value * 100.0).round() / 100.0);
+    }
+
+    /// Records a guest output for the failure artifacts.
+    pub fn keep(&mut self, label: &str, text: &str) {
+        self.outputs.push(format!("## {label}\n{text}\n"));
+    }
+
+    /// Nominal duration scaled for the accelerator.
+    pub fn secs(&self, seconds: u64) -> Duration {
+        self.cluster.scale().secs(seconds)
+    }
+}
+
+/// One multipath path as multipathd sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathState {
+    /// `sdb`.
+    pub dev: String,
+    /// Device-mapper state: `active` or `failed`.
+    pub dm: String,
+    /// Checker state: `ready`, `faulty`, `ghost`, …
+    pub checker: String,
+    /// The iSCSI iface of its session (`ibr0`, `ieth1`).
+    pub iface: String,
+    /// The portal address of its session.
+    pub portal: String,
+}
+
+impl PathState {
+    /// active and ready.
+    pub fn is_up(&self) -> bool {
+        self.dm == "active" && self.checker == "ready"
+    }
+
+    /// failed in device-mapper (the checker may still say faulty or shaky).
+    pub fn is_down(&self) -> bool {
+        self.dm == "failed"
+    }
+}
+
+/// `multipathd show paths` joined with each disk's iSCSI session.
+pub const PATHS_COMMAND: &str = r#"multipathd show paths raw format "%d %t %T" 2>/dev/null | while read dev dm chk; do
+  s=$(readlink -f /sys/block/$dev/device 2>/dev/null | grep -o 'session[0-9]*' | head -n1)
+  iface=$(cat /sys/class/iscsi_session/$s/ifacename 2>/dev/null)
+  portal=$(cat /sys/class/iscsi_connection/connection${s#session}:0/persistent_address 2>/dev/null)
+  echo "$dev $dm $chk ${iface:-?} ${portal:-?}"
+done"#;
+
+/// Parses the output of [`PATHS_COMMAND`].
+pub fn parse_paths(text: &str) -> Vec<PathState> {
+    text.lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 5 || !fields[0].starts_with("sd") {
+                return None;
+            }
+            Some(PathState {
+                dev: fields[0].into(),
+                dm: fields[1].into(),
+                checker: fields[2].into(),
+                iface: fields[3].into(),
+                portal: fields[4].into(),
+            })
+        })
+        .collect()
+}
+
+/// The hypervisor's paths now.
+pub fn paths(node: &mut Node) -> Result<Vec<PathState>> {
+    let output = node.exec(PATHS_COMMAND, Duration::from_secs(20))?;
+    Ok(parse_paths(&output.stdout))
+}
+
+/// A one-line summary of paths for messages.
+pub fn describe(paths: &[PathState]) -> String {
+    paths
+        .iter()
+        .map(|p| format!("{}({}→{}):{}/{}", p.dev, p.iface, p.portal, p.dm, p.checker))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Waits until the path list satisfies `ok`; returns seconds from `since`
+/// to the first poll where it held, and the paths then.
+pub fn wait_paths(
+    ctx: &mut Ctx,
+    since: Instant,
+    timeout: Duration,
+    what: &str,
+    ok: impl Fn(&[PathState]) -> bool,
+) -> Result<(f64, Vec<PathState>)> {
+    let mut last = Vec::new();
+    let mut error = None;
+    let node = &mut ctx.cluster.hypervisor;
+    let found = wait_for(timeout, Duration::from_millis(250), || match paths(node) {
+        Ok(now) => {
+            let done = ok(&now);
+            last = now;
+            done.then(|| since.elapsed().as_secs_f64())
+        }
+        Err(e) => {
+            error = Some(e);
+            None
+        }
+    });
+    match found {
+        Some(seconds) => Ok((seconds, last)),
+        None => bail!(
+            "paths never became {what} within {timeout:?}: {}{}",
+            describe(&last),
+            error.map(|e| format!(" (last error: {e:#})")).unwrap_or_default()
+        ),
+    }
+}
+
+/// Waits until every expected path is active/ready.
+pub fn wait_all_paths_up(ctx: &mut Ctx, since: Instant, timeout: Duration) -> Result<f64> {
+    let expected = ctx.facts.paths();
+    let (seconds, _) = wait_paths(ctx, since, timeout, "all active/ready", |p| {
+        p.len() == expected && p.iter().all(PathState::is_up)
+    })?;
+    Ok(seconds)
+}
+
+/// Runs one scenario and turns its outcome into a report entry. Links are
+/// replugged afterwards whatever happened, and both consoles are scanned.
+pub fn run_one(cluster: &mut Cluster, scenario: &Scenario) -> ScenarioReport {
+    let started = Instant::now();
+    let mut report = ScenarioReport {
+        id: scenario.id.into(),
+        title: scenario.title.into(),
+        outcome: Outcome::NotImplemented,
+        seconds: 0.0,
+        timings: BTreeMap::new(),
+        detail: None,
+        notes: Vec::new(),
+    };
+    let Some(run) = scenario.run else {
+        report.detail = Some("not implemented".into());
+        return report;
+    };
+    let facts = match Facts::from_cluster(cluster) {
+        Ok(facts) => facts,
+        Err(error) => {
+            report.outcome = Outcome::Failed;
+            report.detail = Some(format!("{error:#}"));
+            return report;
+        }
+    };
+    let mut ctx = Ctx {
+        cluster,
+        facts,
+        timings: BTreeMap::new(),
+        notes: Vec::new(),
+        outputs: Vec::new(),
+    };
+    let result = run(&mut ctx);
+    let replug = ctx.cluster.replug_all();
+    let scan = ctx.cluster.scan_consoles();
+    let mut problems = Vec::new();
+    if let Err(error) = result {
+        problems.push(format!("{error:#}"));
+    }
+    if let Err(error) = replug {
+        problems.push(format!("replugging the cables failed: {error:#}"));
+    }
+    if !scan.fatal.is_empty() {
+        problems.push(format!(
+            "kernel errors on the serial consoles:\n{}",
+            scan.fatal.join("\n")
+        ));
+    }
+    if !scan.path_errors.is_empty() {
+        ctx.notes.push(format!(
+            "{} SCSI I/O error line(s) on failed sd paths (expected while a path fails), first: {}",
+            scan.path_errors.len(),
+            scan.path_errors[0]
+        ));
+    }
+    report.outcome = if problems.is_empty() {
+        Outcome::Passed
+    } else {
+        Outcome::Failed
+    };
+    if !problems.is_empty() {
+        report.detail = Some(problems.join("\n"));
+        let artifacts = ctx.cluster.artifacts.clone();
+        let file = artifacts.join(format!("{}-outputs.txt", scenario.id));
+        let mut text = format!("{}\n\n", problems.join("\n"));
+        text.push_str(&ctx.outputs.join("\n"));
+        if let Err(error) = std::fs::write(&file, text) {
+            ctx.notes
+                .push(format!("cannot write {}: {error}", file.display()));
+        } else {
+            ctx.notes
+                .push(format!("guest outputs kept in {}", file.display()));
+        }
+    }
+    report.timings = ctx.timings;
+    report.notes = ctx.notes;
+    report.seconds = started.elapsed().as_secs_f64();
+    report
+}
+
+/// Runs `command` on `node`, failing with its output unless it exits 0.
+pub fn must(node: &mut Node, command: &str) -> Result<String> {
+    node.sh(command)
+}
+
+/// Number of logged-in sessions to `target`.
+pub fn session_count(node: &mut Node, target: &str) -> Result<usize> {
+    let output = node.exec("iscsiadm -m session 2>/dev/null", Duration::from_secs(20))?;
+    Ok(output
+        .stdout
+        .lines()
+        .filter(|line| line.trim_end().ends_with(target))
+        .count())
+}
+
+/// The sha256 of the first `bytes` of `device` (direct reads).
+pub fn device_sha256(node: &mut Node, device: &str, mib: u64) -> Result<String> {
+    let output = node.exec(
+        &format!("dd if={device} bs=1M count={mib} iflag=direct 2>/dev/null | sha256sum"),
+        Duration::from_secs(120),
+    )?;
+    output
+        .stdout
+        .split_whitespace()
+        .next()
+        .map(String::from)
+        .filter(|_| output.success())
+        .with_context(|| format!("reading {device}: {}", output.stderr))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_parse_with_their_session() {
+        let text = "sdb active ready ibr0 192.0.2.10\nsdc failed faulty ieth1 198.51.100.10\nnoise\n";
+        let paths = parse_paths(text);
+        assert_eq!(paths.len(), 2);
+        assert!(paths[0].is_up());
+        assert!(paths[1].is_down());
+        assert_eq!(paths[1].iface, "ieth1");
+        assert!(describe(&paths).contains("sdc(ieth1→198.51.100.10):failed/faulty"));
+    }
+
+    #[test]
+    fn every_scenario_is_listed_once() {
+        let ids: Vec<&str> = all().iter().map(|s| s.id).collect();
+        for n in 1..=14 {
+            let id = format!("S{n}");
+            assert_eq!(ids.iter().filter(|i| **i == id).count(), 1, "{id}");
+        }
+    }
+}
