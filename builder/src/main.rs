@@ -323,7 +323,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
             })
         }
         Command::Test { args } => run_acceptance_suite(&project, &args),
-        Command::Test { args } => run_acceptance_suite(&project, &args),
         Command::Clean {
             out,
             cache_dir,

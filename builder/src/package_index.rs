@@ -49,7 +49,7 @@ pub enum IndexError {
 }
 
 /// What the build needs to know about one version of one binary package.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PackageRecord {
     /// Package name.
     pub name: String,
@@ -478,6 +478,8 @@ mod tests {
     fn serializes_for_manifests() {
         let index = PackageIndex::parse(&stanza("a", "1:1.0", "Depends: b (>= 2) | c\n")).unwrap();
         let json = serde_json::to_value(&index.versions("a")[0]).unwrap();
+        let back: PackageRecord = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(&back, &index.versions("a")[0]);
         assert_eq!(json["version"], "1:1.0");
         assert_eq!(json["depends"][0], "b (>= 2) | c");
         assert_eq!(json["size"], 1234);

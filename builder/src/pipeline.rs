@@ -315,7 +315,7 @@ fn resolve_packages(
         offline: options.offline,
     });
     let started = Instant::now();
-    let (index, _info) = repository.fetch_index(&cache, &options.reporter)?;
+    let info = repository.fetch_index_info(&cache, &options.reporter)?;
     seconds.index = started.elapsed().as_secs_f64();
 
     let started = Instant::now();
@@ -331,7 +331,21 @@ fn resolve_packages(
         exclude: loaded.profile.packages.exclude.clone(),
         locked,
     };
-    let resolution = resolver::resolve(&index, &request)?;
+    let cached = ResolutionCache::new(&cache, &info, &request);
+    let resolution = match cached.load() {
+        Some(packages) => resolver::Resolution {
+            packages,
+            lock_changes: Vec::new(),
+        },
+        None => {
+            let index = repository.load_index(&cache, &info)?;
+            let resolution = resolver::resolve(&index, &request)?;
+            if resolution.lock_changes.is_empty() {
+                cached.store(&resolution.packages);
+            }
+            resolution
+        }
+    };
     seconds.resolve = started.elapsed().as_secs_f64();
     let lock_changes: Vec<String> = if first_lock && !options.locked {
         Vec::new()
@@ -360,6 +374,56 @@ fn resolve_packages(
         cache,
         mirror_source,
     })
+}
+
+/// Resolutions already computed, keyed by the verified index blobs and the
+/// request: a warm build neither decompresses nor parses the index. Only
+/// resolutions that match the lock file are kept, so a hit has no lock changes.
+struct ResolutionCache {
+    path: PathBuf,
+}
+
+impl ResolutionCache {
+    fn new(cache: &Cache, info: &crate::repository::IndexInfo, request: &ResolveRequest) -> Self {
+        let mut hasher = Sha256::new();
+        hasher.update(env!("CARGO_PKG_VERSION"));
+        for blob in &info.indexes {
+            hasher.update(format!("{} {}\n", blob.path, blob.sha256));
+        }
+        for list in [&request.roots, &request.prefer, &request.exclude] {
+            hasher.update(format!("{list:?}\n"));
+        }
+        for (name, package) in &request.locked {
+            hasher.update(format!("{name} {} {}\n", package.version, package.sha256));
+        }
+        let key = hex::encode(hasher.finalize());
+        Self {
+            path: cache.root().join("resolutions").join(format!("{key}.json")),
+        }
+    }
+
+    fn load(&self) -> Option<Vec<PackageRecord>> {
+        serde_json::from_slice(&std::fs::read(&self.path).ok()?).ok()
+    }
+
+    /// Best effort: a resolution that cannot be stored is computed again next time.
+    fn store(&self, packages: &[PackageRecord]) {
+        let Some(dir) = self.path.parent() else {
+            return;
+        };
+        let stored = std::fs::create_dir_all(dir).and_then(|()| {
+            let mut file = tempfile::NamedTempFile::new_in(dir)?;
+            serde_json::to_writer(&mut file, packages)?;
+            file.persist(&self.path).map_err(|error| error.error)?;
+            Ok(())
+        });
+        if let Err(error) = stored {
+            eprintln!(
+                "applbuild: cannot cache the resolution in {}: {error}",
+                dir.display()
+            );
+        }
+    }
 }
 
 /// SHA256 over everything a build reads from the project (profile, overlay,

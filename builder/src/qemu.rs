@@ -467,7 +467,12 @@ mod tests {
         let mut spec = spec();
         spec.exit_on_reboot = false;
         assert!(!spec.headless_args().iter().any(|arg| arg == "-no-reboot"));
-        assert!(!spec.interactive_args().iter().any(|arg| arg == "-no-reboot"));
+        assert!(
+            !spec
+                .interactive_args()
+                .iter()
+                .any(|arg| arg == "-no-reboot")
+        );
     }
 
     #[test]

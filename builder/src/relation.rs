@@ -182,6 +182,22 @@ impl fmt::Display for Relation {
     }
 }
 
+/// The inverse of `Serialize`: one relation as Debian writes it, so
+/// resolved package records can be cached as JSON.
+impl<'de> serde::Deserialize<'de> for Relation {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <String as serde::Deserialize>::deserialize(deserializer)?;
+        let mut relations = parse_relations(&text).map_err(serde::de::Error::custom)?;
+        if relations.len() != 1 {
+            return Err(serde::de::Error::custom(format!(
+                "expected one relation, found {}: {text}",
+                relations.len()
+            )));
+        }
+        Ok(relations.remove(0))
+    }
+}
+
 impl serde::Serialize for Relation {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_str(self)

@@ -246,6 +246,45 @@ impl Repository {
         cache: &Cache,
         progress: &Reporter,
     ) -> Result<(PackageIndex, IndexInfo), RepositoryError> {
+        let info = self.fetch_index_info(cache, progress)?;
+        let index = self.load_index(cache, &info)?;
+        Ok((index, info))
+    }
+
+    /// Reads the verified `Packages` blobs that [`Self::fetch_index_info`]
+    /// put in the cache and merges them into one index.
+    pub fn load_index(
+        &self,
+        cache: &Cache,
+        info: &IndexInfo,
+    ) -> Result<PackageIndex, RepositoryError> {
+        let mut merged = PackageIndex::default();
+        for blob in &info.indexes {
+            let cached = cache
+                .get(&blob.sha256)
+                .ok_or_else(|| RepositoryError::Offline {
+                    cache: cache.root().to_path_buf(),
+                    missing: blob.path.clone(),
+                })?;
+            let text = decompress(&blob.path, &cached)?;
+            let index =
+                PackageIndex::parse(&text).map_err(|source| RepositoryError::IndexParse {
+                    path: blob.path.clone(),
+                    source,
+                })?;
+            merged.merge(index);
+        }
+        Ok(merged)
+    }
+
+    /// Fetches and verifies InRelease and every configured component's
+    /// `Packages` blob into the cache, without parsing them: what a build
+    /// needs to know whether its cached resolution still holds.
+    pub fn fetch_index_info(
+        &self,
+        cache: &Cache,
+        progress: &Reporter,
+    ) -> Result<IndexInfo, RepositoryError> {
         let keyring = Keyring::load(&self.config.keyring)?;
         let url = self.dists_url("InRelease");
         let data = if self.config.offline {
@@ -290,18 +329,10 @@ impl Repository {
             cache.store_latest(&url, &data)?;
         }
 
-        let mut merged = PackageIndex::default();
         let mut indexes = Vec::new();
         for component in &self.config.components {
             let (path, entry) = self.pick_index(&release, component, &url)?;
-            let blob = self.index_blob(cache, &release, &path, entry, progress)?;
-            let text = decompress(&path, &blob)?;
-            let index =
-                PackageIndex::parse(&text).map_err(|source| RepositoryError::IndexParse {
-                    path: path.clone(),
-                    source,
-                })?;
-            merged.merge(index);
+            self.index_blob(cache, &release, &path, entry, progress)?;
             indexes.push(IndexBlob {
                 path,
                 sha256: entry.sha256.clone(),
@@ -318,7 +349,7 @@ impl Repository {
             inrelease_sha256: hex::encode(Sha256::digest(&data)),
             indexes,
         };
-        Ok((merged, info))
+        Ok(info)
     }
 
     /// The best-compressed `Packages` index the Release file lists for `component`.
