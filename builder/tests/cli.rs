@@ -250,11 +250,12 @@ fn image_files(dir: &Path) -> BTreeMap<&'static str, Vec<u8>> {
 const S_IFMT: u32 = 0o170_000;
 const S_IFLNK: u32 = 0o120_000;
 
-/// One member of the initramfs: its mode and its data (a symlink's data
-/// is its target).
+/// One member of the initramfs: its mode, its mtime and its data (a
+/// symlink's data is its target).
 #[derive(Debug)]
 struct CpioEntry {
     mode: u32,
+    mtime: u32,
     data: Vec<u8>,
 }
 
@@ -281,7 +282,8 @@ fn initrd_entries(path: &Path) -> (BTreeMap<String, CpioEntry>, usize) {
             let hex = std::str::from_utf8(&header[6 + 8 * index..14 + 8 * index]).unwrap();
             usize::from_str_radix(hex, 16).unwrap()
         };
-        let (mode, file_size, name_size) = (field(1) as u32, field(6), field(11));
+        let (mode, mtime, file_size, name_size) =
+            (field(1) as u32, field(5) as u32, field(6), field(11));
         let name_start = offset + 110;
         let name = std::str::from_utf8(&data[name_start..name_start + name_size - 1])
             .unwrap()
@@ -296,6 +298,7 @@ fn initrd_entries(path: &Path) -> (BTreeMap<String, CpioEntry>, usize) {
                 name,
                 CpioEntry {
                     mode,
+                    mtime,
                     data: contents,
                 },
             );
@@ -329,6 +332,13 @@ fn build_writes_a_verified_image_with_overlay_modules_and_lock() {
 
     let (entries, archives) = initrd_entries(&image.join("initrd.img"));
     assert!(archives >= 1, "no newc archive in the initramfs");
+    // No build time leaks into the image.
+    let stamped: Vec<&String> = entries
+        .iter()
+        .filter(|(_, entry)| entry.mtime != 0)
+        .map(|(path, _)| path)
+        .collect();
+    assert!(stamped.is_empty(), "members with an mtime: {stamped:?}");
     assert_eq!(member(&entries, "etc/motd"), MOTD.as_bytes());
     assert_eq!(
         member(&entries, "etc/greeting"),
@@ -444,6 +454,9 @@ fn build_writes_a_verified_image_with_overlay_modules_and_lock() {
 fn builds_are_byte_identical_with_warm_and_clean_caches() {
     let fixture = Fixture::new();
     fixture.build("out1", "cache1", &[]).success();
+    // Let the clock pass a second boundary, so that anything stamped with
+    // the build time (in seconds) differs between the builds.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     fixture.build("out2", "cache1", &[]).success();
     fixture.build("out3", "cache2", &[]).success();
     let first = image_files(&fixture.path("out1/tiny"));
