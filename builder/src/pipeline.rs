@@ -583,9 +583,15 @@ pub fn build(
     // The lock file is written before the inputs digest is taken, since the
     // digest covers the locked versions.
     if !options.locked {
+        // Two builds of different profiles may finish together: the
+        // read-modify-write of the shared lock file is serialised.
+        let project_dir =
+            std::fs::File::open(project.root()).map_err(output_error(project.root()))?;
+        project_dir.lock().map_err(output_error(project.root()))?;
         let mut lock = Lockfile::load(&project.lockfile())?.unwrap_or_default();
         lock.set_profile(name, &resolved.records);
         lock.save(&project.lockfile())?;
+        project_dir.unlock().map_err(output_error(project.root()))?;
     }
     let manifest = Manifest {
         inputs_digest: inputs_digest(project, &loaded),

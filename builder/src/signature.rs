@@ -430,7 +430,9 @@ mod tests {
     use pgp::ser::Serialize;
     use pgp::types::Password;
 
-    const DEBIAN_INRELEASE: &str = "/tmp/InRelease";
+    /// bookworm's InRelease as the archive published it (test data).
+    const DEBIAN_INRELEASE: &str =
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/bookworm-InRelease");
 
     /// Host files the Debian test needs; missing ones fail under CI and are
     /// reported (not silently skipped) elsewhere.
@@ -443,7 +445,7 @@ mod tests {
             panic!("{} is missing; CI must provide it", path.display());
         }
         eprintln!(
-            "SKIPPED: {} is missing (install debian-archive-keyring / download a bookworm InRelease)",
+            "SKIPPED: {} is missing (scripts/host-setup installs debian-archive-keyring)",
             path.display()
         );
         None
