@@ -120,9 +120,9 @@ enum Command {
     },
     /// Remove built images (and with --cache, the download cache).
     Clean {
-        /// Output folder.
-        #[arg(long, default_value = "out", value_name = "DIR")]
-        out: PathBuf,
+        /// Output folder [default: out/ in the project folder].
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
         /// Cache folder [default: $XDG_CACHE_HOME/applbuild or ~/.cache/applbuild].
         #[arg(long, value_name = "DIR")]
         cache_dir: Option<PathBuf>,
@@ -134,9 +134,9 @@ enum Command {
 
 #[derive(Args, Clone)]
 struct BuildArgs {
-    /// Output folder; each profile gets a subfolder.
-    #[arg(long, default_value = "out", value_name = "DIR")]
-    out: PathBuf,
+    /// Output folder; each profile gets a subfolder [default: out/ in the project folder].
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
     /// Cache folder [default: $XDG_CACHE_HOME/applbuild or ~/.cache/applbuild].
     #[arg(long, value_name = "DIR")]
     cache_dir: Option<PathBuf>,
@@ -183,7 +183,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             build,
             json,
         } => {
-            let options = build_options(&build, json);
+            let options = build_options(&project, &build, json);
             let mut reports = Vec::new();
             for name in &profiles {
                 let report = pipeline::build(&project, name, &options)
@@ -235,7 +235,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Some(pipeline::resolve(
                     &project,
                     &loaded,
-                    &build_options(&build, json),
+                    &build_options(&project, &build, json),
                 )?)
             };
             if json {
@@ -280,7 +280,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             json,
             build,
         } => {
-            let options = build_options(&build, json);
+            let options = build_options(&project, &build, json);
             let loaded = profile::load(&project.profiles_dir(), &name)?;
             let image_dir = options.out_dir.join(&name);
             if !pipeline::is_up_to_date(&project, &loaded, &image_dir) {
@@ -328,7 +328,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             cache_dir,
             cache,
         } => {
-            remove_dir(&out)?;
+            remove_dir(&out.unwrap_or_else(|| project.root().join("out")))?;
             if cache {
                 remove_dir(&cache_dir.unwrap_or_else(pipeline::default_cache_dir))?;
             }
@@ -337,9 +337,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-fn build_options(args: &BuildArgs, json: bool) -> BuildOptions {
+fn build_options(project: &Project, args: &BuildArgs, json: bool) -> BuildOptions {
     BuildOptions {
-        out_dir: args.out.clone(),
+        out_dir: args
+            .out
+            .clone()
+            .unwrap_or_else(|| project.root().join("out")),
         cache_dir: args
             .cache_dir
             .clone()
