@@ -11,7 +11,7 @@ use applbuild::boot::{self, BootReport};
 use applbuild::pipeline::{self, BuildOptions, BuildReport, Project};
 use applbuild::profile;
 use applbuild::progress::Reporter;
-use applbuild::qemu::{self, Accel};
+use applbuild::qemu::{self, AccelChoice};
 
 /// Builds minimal appliance images for an iSCSI-multipath KVM cluster from
 /// verified Debian packages, and boots them in QEMU.
@@ -154,13 +154,6 @@ struct BuildArgs {
     offline: bool,
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum AccelChoice {
-    Auto,
-    Kvm,
-    Tcg,
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -295,7 +288,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let run_dir = image_dir.join("run");
             std::fs::create_dir_all(&run_dir)
                 .with_context(|| format!("creating {}", run_dir.display()))?;
-            let accel = choose_accel(accel, &image_dir.join("vmlinuz"), &run_dir);
+            let accel = accel.resolve(&image_dir.join("vmlinuz"), &run_dir);
             let spec = boot::vm_spec(
                 &loaded,
                 &image_dir,
@@ -357,15 +350,6 @@ fn build_options(project: &Project, args: &BuildArgs, json: bool) -> BuildOption
             Reporter::for_terminal()
         },
         apt_root: PathBuf::from("/"),
-    }
-}
-
-fn choose_accel(choice: AccelChoice, kernel: &Path, scratch: &Path) -> Accel {
-    match choice {
-        AccelChoice::Kvm => Accel::Kvm,
-        AccelChoice::Tcg => Accel::Tcg,
-        AccelChoice::Auto if qemu::kvm_works(kernel, scratch) => Accel::Kvm,
-        AccelChoice::Auto => Accel::Tcg,
     }
 }
 

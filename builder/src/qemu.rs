@@ -29,6 +29,30 @@ impl Accel {
     }
 }
 
+/// The accelerator a user asks for; `Auto` trusts KVM only after a probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AccelChoice {
+    /// KVM if a probe boot under KVM works, else TCG.
+    Auto,
+    /// KVM, without probing.
+    Kvm,
+    /// Software emulation.
+    Tcg,
+}
+
+impl AccelChoice {
+    /// The accelerator to use; `Auto` boots `kernel` under KVM once to see
+    /// whether KVM really works here (see [`kvm_works`]).
+    pub fn resolve(self, kernel: &Path, scratch: &Path) -> Accel {
+        match self {
+            AccelChoice::Kvm => Accel::Kvm,
+            AccelChoice::Tcg => Accel::Tcg,
+            AccelChoice::Auto if kvm_works(kernel, scratch) => Accel::Kvm,
+            AccelChoice::Auto => Accel::Tcg,
+        }
+    }
+}
+
 /// Where a NIC's frames go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NetBackend {
