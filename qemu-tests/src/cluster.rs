@@ -30,7 +30,7 @@ pub struct Node {
     pub loaded: LoadedProfile,
     /// The QEMU process.
     pub vm: RunningVm,
-    qmp: QmpClient,
+    qmp: Option<QmpClient>,
     qga: Option<QgaClient>,
     /// Seconds from starting QEMU (or from the reboot command) to the ready line, per boot.
     pub boot_to_ready: Vec<f64>,
@@ -39,6 +39,7 @@ pub struct Node {
     /// Wait scale.
     pub scale: Scale,
     scanned: usize,
+    boots: usize,
 }
 
 /// What a console scan found since the previous scan.
@@ -91,12 +92,13 @@ impl Node {
             name: loaded.name.clone(),
             loaded,
             vm,
-            qmp,
+            qmp: Some(qmp),
             qga: None,
             boot_to_ready: Vec::new(),
             run_dir: run_dir.to_path_buf(),
             scale,
             scanned: 0,
+            boots: 1,
         };
         let started = node.vm.started;
         node.await_ready(1, started, scale.secs(60))?;
@@ -173,6 +175,8 @@ impl Node {
     /// (NIC ids are the network names).
     pub fn set_link(&mut self, network: &str, up: bool) -> Result<()> {
         self.qmp
+            .as_mut()
+            .ok_or_else(|| anyhow!("{}: QMP released", self.name))?
             .set_link(network, up)
             .with_context(|| format!("{}: set_link {network} {up}", self.name))
     }
@@ -196,23 +200,62 @@ impl Node {
         classify_console(&console[start..])
     }
 
-    /// Reboots the guest (QEMU keeps running) and waits for it to be ready
-    /// again; returns seconds from the reboot command to the ready line.
-    pub fn reboot(&mut self, timeout: Duration) -> Result<f64> {
-        let count = self.vm.console().matches(READY_MARKER).count() + 1;
-        let started = Instant::now();
-        self.exec(
-            "(sleep 1; reboot) </dev/null >/dev/null 2>&1 &",
-            Duration::from_secs(10),
-        )?;
+    /// Closes the QMP and guest-agent connections, so that someone else
+    /// can connect (QEMU serves one client per socket).
+    pub fn release(&mut self) {
+        self.qmp = None;
         self.qga = None;
-        self.await_ready(count, started, timeout)?;
+    }
+
+    /// Power-cycles the node: the guest powers itself off (QEMU exits),
+    /// then a new QEMU process starts with the same spec (same MACs,
+    /// networks and sockets) and the guest boots to its ready line again.
+    /// Returns seconds from the power-off command to the ready line.
+    ///
+    /// A warm `reboot` inside the guest (QEMU resetting the machine, see
+    /// `VmSpec::exit_on_reboot`) never came back under TCG here: nothing on
+    /// the console after "reboot: Restarting system".
+    pub fn power_cycle(&mut self, timeout: Duration) -> Result<f64> {
+        let started = Instant::now();
+        let _ = self.exec(
+            "(sleep 1; poweroff) </dev/null >/dev/null 2>&1 &",
+            Duration::from_secs(10),
+        );
+        self.qga = None;
+        let vm = &mut self.vm;
+        if !wait_until(self.scale.secs(30), Duration::from_millis(200), || {
+            vm.has_exited()
+        }) {
+            if let Some(qmp) = &mut self.qmp {
+                let _ = qmp.quit();
+            }
+            self.vm.stop(Duration::from_secs(10));
+        }
+        self.qmp = None;
+        self.boots += 1;
+        let log = self
+            .vm
+            .serial_log
+            .with_file_name(format!("{}-serial-boot{}.log", self.name, self.boots));
+        let spec = self.vm.spec.clone();
+        self.vm = RunningVm::start(spec, &log)?;
+        self.scanned = 0;
+        self.qmp = Some(
+            QmpClient::connect(&self.qmp_socket(), Duration::from_secs(30))
+                .with_context(|| format!("{}: QMP after the power cycle", self.name))?,
+        );
+        self.await_ready(1, started, timeout)?;
         Ok(*self.boot_to_ready.last().expect("just recorded"))
     }
 
     /// Powers the guest off and stops QEMU.
     pub fn shutdown(&mut self) {
-        let _ = self.qmp.quit();
+        if self.qmp.is_none() {
+            self.qmp = QmpClient::connect(&self.qmp_socket(), Duration::from_secs(2)).ok();
+        }
+        if let Some(qmp) = &mut self.qmp {
+            let _ = qmp.quit();
+        }
         self.vm.stop(Duration::from_secs(5));
     }
 }
@@ -225,8 +268,6 @@ pub struct Cluster {
     pub hypervisor: Node,
     /// SAN-A and SAN-B.
     pub switches: Vec<VdeSwitch>,
-    /// Sockets and disks.
-    pub run_dir: PathBuf,
     /// Serial logs and failure outputs.
     pub artifacts: PathBuf,
     /// How the CPUs are emulated.
@@ -286,7 +327,6 @@ impl Cluster {
             storage,
             hypervisor,
             switches,
-            run_dir: run_dir.to_path_buf(),
             artifacts: artifacts.to_path_buf(),
             accel,
         })
@@ -349,6 +389,12 @@ impl Cluster {
             self.hypervisor.qga_socket().display()
         ));
         text
+    }
+
+    /// Releases both nodes' control connections (for `--keep`).
+    pub fn release(&mut self) {
+        self.storage.release();
+        self.hypervisor.release();
     }
 
     /// Stops both VMs and the switches.

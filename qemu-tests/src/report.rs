@@ -127,11 +127,11 @@ impl SuiteReport {
                 scenario.seconds,
                 timings.join(" ")
             ));
-            if let Some(detail) = &scenario.detail {
-                if scenario.outcome == Outcome::Failed {
-                    for line in detail.lines().take(12) {
-                        text.push_str(&format!("       | {line}\n"));
-                    }
+            if let Some(detail) = &scenario.detail
+                && scenario.outcome == Outcome::Failed
+            {
+                for line in detail.lines().take(12) {
+                    text.push_str(&format!("       | {line}\n"));
                 }
             }
         }

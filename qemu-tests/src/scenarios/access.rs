@@ -1,12 +1,196 @@
-//! S13–S14.
+//! S13 (CHAP and the initiator ACL) and S14 (the hypervisor reboots and
+//! logs in again by itself).
 
-use anyhow::Result;
+use std::time::{Duration, Instant};
 
-use super::Ctx;
+use anyhow::{Context, Result, bail, ensure};
 
-pub fn s13_access_control(_ctx: &mut Ctx) -> Result<()> {
-    anyhow::bail!("todo")
+use super::{Ctx, must, session_count, wait_all_paths_up};
+
+/// An IQN outside the storage node's ACL.
+const FOREIGN_IQN: &str = "iqn.2012-09.com.example:intruder";
+
+/// Tries one login through a throw-away iface bound to br0, with `setup`
+/// applied to its iface and node record; returns iscsiadm's exit code and
+/// output. The iface and its records are removed afterwards.
+fn try_login(
+    ctx: &mut Ctx,
+    iface: &str,
+    iface_updates: &[(&str, &str)],
+    node_updates: &[(&str, &str)],
+) -> Result<(i32, String)> {
+    let target = ctx.facts.target.clone();
+    let portal = ctx.facts.portals[0].clone();
+    let mut script = format!(
+        "iscsiadm -m iface -I {iface} --op=new >/dev/null && \
+         iscsiadm -m iface -I {iface} --op=update -n iface.net_ifacename -v br0 >/dev/null"
+    );
+    for (key, value) in iface_updates {
+        script.push_str(&format!(
+            " && iscsiadm -m iface -I {iface} --op=update -n {key} -v {value} >/dev/null"
+        ));
+    }
+    script.push_str(&format!(
+        " && iscsiadm -m node -o new -T {target} -p {portal} -I {iface} >/dev/null"
+    ));
+    for (key, value) in node_updates {
+        script.push_str(&format!(
+            " && iscsiadm -m node -T {target} -p {portal} -I {iface} -o update -n {key} -v {value} >/dev/null"
+        ));
+    }
+    let setup = ctx
+        .cluster
+        .hypervisor
+        .exec(&script, Duration::from_secs(30))?;
+    let login = if setup.success() {
+        Some(ctx.cluster.hypervisor.exec(
+            &format!("iscsiadm -m node -T {target} -p {portal} -I {iface} --login 2>&1"),
+            Duration::from_secs(60),
+        )?)
+    } else {
+        None
+    };
+    // Whatever happened: log out (should there be a session) and clean up.
+    let _ = ctx.cluster.hypervisor.exec(
+        &format!(
+            "iscsiadm -m node -T {target} -p {portal} -I {iface} --logout >/dev/null 2>&1; \
+             iscsiadm -m node -T {target} -p {portal} -I {iface} -o delete >/dev/null 2>&1; \
+             iscsiadm -m iface -I {iface} --op=delete >/dev/null 2>&1; true"
+        ),
+        Duration::from_secs(30),
+    );
+    match login {
+        Some(output) => Ok((output.exit_code, output.stdout)),
+        None => bail!(
+            "setting up iface {iface} failed ({}): {}{}",
+            setup.exit_code,
+            setup.stdout,
+            setup.stderr
+        ),
+    }
 }
-pub fn s14_reboot(_ctx: &mut Ctx) -> Result<()> {
-    anyhow::bail!("todo")
+
+/// S13: with CHAP and an initiator ACL on the target, the profile's
+/// initiator is logged in (with CHAP), while a foreign IQN and a wrong
+/// secret are refused.
+pub fn s13_access_control(ctx: &mut Ctx) -> Result<()> {
+    let target_profile = ctx
+        .cluster
+        .storage
+        .loaded
+        .profile
+        .target
+        .clone()
+        .context("no [target]")?;
+    let chap = target_profile
+        .chap
+        .clone()
+        .context("storage profile has no [target.chap]: access control is not configured")?;
+    ensure!(
+        !target_profile.allowed_initiators.is_empty(),
+        "storage profile has no allowed_initiators"
+    );
+    let shown = must(
+        &mut ctx.cluster.storage,
+        "tgtadm --lld iscsi --op show --mode target",
+    )?;
+    ctx.keep("tgtadm show target", &shown);
+    ensure!(
+        shown.contains(&chap.username),
+        "tgtd has no CHAP account {}:\n{shown}",
+        chap.username
+    );
+    for name in &target_profile.allowed_initiators {
+        ensure!(shown.contains(name), "tgtd's ACL lacks {name}:\n{shown}");
+    }
+    // The normal login: every session is up, and it used CHAP.
+    let started = Instant::now();
+    let timeout = ctx.secs(60);
+    wait_all_paths_up(ctx, started, timeout)?;
+    let target = ctx.facts.target.clone();
+    let sessions = session_count(&mut ctx.cluster.hypervisor, &target)?;
+    ensure!(
+        sessions == ctx.facts.paths(),
+        "{sessions} sessions, expected {}",
+        ctx.facts.paths()
+    );
+    let (iface, _) = ctx.facts.ifaces[0].clone();
+    let record = must(
+        &mut ctx.cluster.hypervisor,
+        &format!(
+            "iscsiadm -m node -T {target} -p {} -I {iface} | grep -E '^node.session.auth.(authmethod|username) '",
+            ctx.facts.portals[0]
+        ),
+    )?;
+    ensure!(
+        record.contains("= CHAP") && record.contains(&chap.username),
+        "the node record does not use CHAP:\n{record}"
+    );
+
+    // An initiator name outside the ACL, with the right secret.
+    let started = Instant::now();
+    let (code, output) = try_login(
+        ctx,
+        "iforeign",
+        &[("iface.initiatorname", FOREIGN_IQN)],
+        &[],
+    )?;
+    ctx.keep("login as a foreign IQN", &output);
+    ctx.timing("foreign_refused_s", started.elapsed().as_secs_f64());
+    ensure!(code != 0, "a login as {FOREIGN_IQN} succeeded:\n{output}");
+    // The profile's initiator name with a wrong secret.
+    let started = Instant::now();
+    let (code, output) = try_login(
+        ctx,
+        "iwrong",
+        &[],
+        &[
+            ("node.session.auth.authmethod", "CHAP"),
+            ("node.session.auth.username", &chap.username),
+            ("node.session.auth.password", "not-the-secret1"),
+        ],
+    )?;
+    ctx.keep("login with a wrong secret", &output);
+    ctx.timing("wrong_secret_refused_s", started.elapsed().as_secs_f64());
+    ensure!(
+        code != 0,
+        "a login with a wrong secret succeeded:\n{output}"
+    );
+    let after = session_count(&mut ctx.cluster.hypervisor, &target)?;
+    ensure!(
+        after == ctx.facts.paths(),
+        "{after} sessions after the refused logins, expected {}",
+        ctx.facts.paths()
+    );
+    Ok(())
+}
+
+/// S14: the hypervisor is power-cycled (guest power-off, new QEMU process
+/// with the same NICs) and comes back with its sessions and the aliased
+/// map, with no step from outside.
+pub fn s14_reboot(ctx: &mut Ctx) -> Result<()> {
+    let timeout = ctx.secs(90);
+    let started = Instant::now();
+    let ready = ctx.cluster.hypervisor.power_cycle(timeout)?;
+    ctx.timing("reboot_to_ready_s", ready);
+    let timeout = ctx.secs(90);
+    let paths = wait_all_paths_up(ctx, started, timeout)?;
+    ctx.timing("reboot_to_paths_s", paths);
+    let target = ctx.facts.target.clone();
+    let sessions = session_count(&mut ctx.cluster.hypervisor, &target)?;
+    ensure!(
+        sessions == ctx.facts.paths(),
+        "{sessions} sessions after the reboot"
+    );
+    let maps = must(
+        &mut ctx.cluster.hypervisor,
+        r#"multipathd show maps raw format "%n %N""#,
+    )?;
+    ensure!(
+        maps.lines()
+            .any(|l| l.split_whitespace().next() == Some(ctx.facts.alias.as_str())),
+        "no map {} after the reboot:\n{maps}",
+        ctx.facts.alias
+    );
+    Ok(())
 }

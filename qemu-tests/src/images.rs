@@ -1,0 +1,40 @@
+//! The images under test: built (or rebuilt when their inputs changed) with
+//! the same pipeline as `applbuild build`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use applbuild::pipeline::{self, BuildOptions, Project};
+use applbuild::profile;
+use applbuild::progress::Reporter;
+
+/// Makes sure `images/<profile>` is an up-to-date image of each profile.
+pub fn ensure_built(project: &Project, images: &Path, profiles: &[&str]) -> Result<()> {
+    let options = BuildOptions {
+        out_dir: images.to_path_buf(),
+        cache_dir: pipeline::default_cache_dir(),
+        mirror: None,
+        keyring: None,
+        locked: false,
+        offline: false,
+        reporter: Reporter::for_terminal(),
+        apt_root: PathBuf::from("/"),
+    };
+    for name in profiles {
+        let loaded = profile::load(&project.profiles_dir(), name)?;
+        if pipeline::is_up_to_date(project, &loaded, &images.join(name)) {
+            continue;
+        }
+        eprintln!(
+            "applbuild-test: {name}: image missing or stale in {}, building",
+            images.display()
+        );
+        let report = pipeline::build(project, name, &options)
+            .with_context(|| format!("building profile `{name}`"))?;
+        eprintln!(
+            "applbuild-test: {name}: built in {:.1} s",
+            report.seconds.total
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,285 @@
+//! `applbuild-test` (also `applbuild test`): the failover acceptance suite.
+//! Boots the storage and hypervisor images in QEMU on two virtual storage
+//! networks and runs the scenarios of docs/acceptance.md on that one cluster.
+
+mod cluster;
+mod images;
+mod network;
+mod report;
+mod scenarios;
+mod waits;
+
+use std::collections::BTreeMap;
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use applbuild::pipeline::Project;
+use applbuild::qemu::AccelChoice;
+use applbuild::qga::QgaClient;
+use clap::{Parser, Subcommand};
+
+use crate::cluster::{Cluster, HYPERVISOR, STORAGE};
+use crate::report::{Outcome, ScenarioReport, SuiteReport};
+
+/// Failover acceptance suite for the applbuild storage and hypervisor
+/// images: S1–S14 of docs/acceptance.md, run in order on one booted cluster.
+///
+/// Examples:
+///   applbuild-test                                  # every scenario
+///   applbuild-test --scenario S7 --keep             # one scenario; VMs left up on failure
+///   applbuild-test --junit junit.xml --json summary.json
+///   applbuild-test exec RUN/hypervisor/qga.sock 'multipathd show paths'
+#[derive(Parser)]
+#[command(name = "applbuild-test", version, verbatim_doc_comment)]
+struct Cli {
+    /// Run only this scenario (repeatable; S1 … S14). The others are
+    /// reported as skipped.
+    #[arg(long = "scenario", value_name = "ID")]
+    scenarios: Vec<String>,
+    /// Write JUnit XML here (one test case per scenario).
+    #[arg(long, value_name = "FILE")]
+    junit: Option<PathBuf>,
+    /// Write the JSON summary (every timing) here.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// When a scenario fails, leave the VMs running, print how to reach them
+    /// and wait for Enter (or Ctrl-C) before stopping them.
+    #[arg(long)]
+    keep: bool,
+    /// Folder of the built images (built there first when missing or stale).
+    #[arg(long, default_value = "target/applbuild-images", value_name = "DIR")]
+    images: PathBuf,
+    /// Folder for serial logs and the guest outputs of failed scenarios.
+    #[arg(long, default_value = "target/acceptance", value_name = "DIR")]
+    artifacts: PathBuf,
+    /// CPU accelerator; `auto` uses KVM only after a probe boot succeeds.
+    #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
+    accel: AccelChoice,
+    /// Do not build missing or stale images: fail instead.
+    #[arg(long)]
+    no_build: bool,
+    /// Project folder [default: the nearest folder upwards with profiles/].
+    #[arg(long, value_name = "DIR")]
+    project: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List the scenarios.
+    List,
+    /// Run a shell command in a VM through its guest-agent socket (for
+    /// debugging a cluster left running by --keep).
+    Exec {
+        /// The VM's guest-agent socket (printed by --keep).
+        socket: PathBuf,
+        /// Shell command.
+        command: String,
+        /// Seconds to wait for it.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match &cli.command {
+        Some(Command::List) => {
+            for scenario in scenarios::all() {
+                println!(
+                    "{:<4} {}{}",
+                    scenario.id,
+                    scenario.title,
+                    if scenario.run.is_some() {
+                        ""
+                    } else {
+                        " (not implemented)"
+                    }
+                );
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        Some(Command::Exec {
+            socket,
+            command,
+            timeout,
+        }) => {
+            let timeout = Duration::from_secs(*timeout);
+            let mut agent = QgaClient::connect(socket, Duration::from_secs(10))?;
+            let output = agent.exec_shell(command, timeout)?;
+            print!("{}", output.stdout);
+            eprint!("{}", output.stderr);
+            return Ok(ExitCode::from(output.exit_code.clamp(0, 255) as u8));
+        }
+        None => {}
+    }
+    let all = scenarios::all();
+    let selected: Vec<String> = cli.scenarios.iter().map(|s| s.to_uppercase()).collect();
+    for id in &selected {
+        if !all.iter().any(|s| s.id == id) {
+            bail!("unknown scenario {id} (see `applbuild-test list`)");
+        }
+    }
+    let project = match &cli.project {
+        Some(dir) => Project::at(dir),
+        None => Project::find(&std::env::current_dir()?)?,
+    };
+    let images = std::path::absolute(&cli.images)?;
+    let artifacts = std::path::absolute(&cli.artifacts)?;
+    if cli.no_build {
+        for name in [STORAGE, HYPERVISOR] {
+            if !images.join(name).join("vmlinuz").is_file() {
+                bail!("no image {} (and --no-build)", images.join(name).display());
+            }
+        }
+    } else {
+        images::ensure_built(&project, &images, &[STORAGE, HYPERVISOR])?;
+    }
+
+    // Unix socket paths are limited to 108 bytes: sockets live under /tmp.
+    let run_dir = std::env::temp_dir().join(format!("applbuild-test-{}", std::process::id()));
+    std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+    std::fs::create_dir_all(&artifacts)
+        .with_context(|| format!("creating {}", artifacts.display()))?;
+    let accel = cli
+        .accel
+        .resolve(&images.join(STORAGE).join("vmlinuz"), &run_dir);
+
+    let started = Instant::now();
+    let mut suite = SuiteReport {
+        accel: format!("{accel:?}").to_lowercase(),
+        boot_to_ready_seconds: BTreeMap::new(),
+        scenarios: Vec::new(),
+        total_seconds: 0.0,
+        passed: 0,
+        failed: 0,
+        not_implemented: 0,
+        skipped: 0,
+        errors: Vec::new(),
+    };
+    eprintln!(
+        "applbuild-test: booting storage and hypervisor under {} (run folder {})",
+        suite.accel,
+        run_dir.display()
+    );
+    let mut cluster = match Cluster::boot(
+        &project.profiles_dir(),
+        &images,
+        &run_dir,
+        &artifacts,
+        accel,
+    ) {
+        Ok(cluster) => Some(cluster),
+        Err(error) => {
+            suite
+                .errors
+                .push(format!("cluster did not boot: {error:#}"));
+            None
+        }
+    };
+    if let Some(cluster) = &mut cluster {
+        for node in [&cluster.storage, &cluster.hypervisor] {
+            if let Some(seconds) = node.boot_to_ready.first() {
+                suite
+                    .boot_to_ready_seconds
+                    .insert(node.name.clone(), (seconds * 100.0).round() / 100.0);
+            }
+        }
+        let scan = cluster.scan_consoles();
+        if !scan.fatal.is_empty() {
+            suite.errors.push(format!(
+                "kernel errors while booting:\n{}",
+                scan.fatal.join("\n")
+            ));
+        }
+        eprintln!(
+            "applbuild-test: cluster ready (storage {:.1} s, hypervisor {:.1} s)",
+            suite.boot_to_ready_seconds.get(STORAGE).unwrap_or(&0.0),
+            suite.boot_to_ready_seconds.get(HYPERVISOR).unwrap_or(&0.0),
+        );
+    }
+
+    for scenario in &all {
+        let wanted = selected.is_empty() || selected.iter().any(|id| id == scenario.id);
+        let report = match (&mut cluster, wanted, scenario.run.is_some()) {
+            (_, _, false) => scenarios::not_implemented(scenario),
+            (_, false, _) => skipped(scenario, "not selected"),
+            (None, true, _) => skipped(scenario, "the cluster did not boot"),
+            (Some(cluster), true, _) => {
+                eprintln!("applbuild-test: {} {} …", scenario.id, scenario.title);
+                let report = scenarios::run_one(cluster, scenario);
+                eprintln!(
+                    "applbuild-test: {} {:?} in {:.1} s {:?}",
+                    scenario.id, report.outcome, report.seconds, report.timings
+                );
+                if let Some(detail) = &report.detail {
+                    eprintln!("applbuild-test: {}: {detail}", scenario.id);
+                }
+                report
+            }
+        };
+        suite.scenarios.push(report);
+    }
+    suite.total_seconds = started.elapsed().as_secs_f64();
+    suite.count();
+
+    if let Some(path) = &cli.json {
+        suite.write_json(path)?;
+    }
+    if let Some(path) = &cli.junit {
+        suite.write_junit(path)?;
+    }
+    let failed = suite.failed_overall();
+    println!("{}", suite.table());
+
+    if let Some(mut cluster) = cluster {
+        if failed && cli.keep {
+            cluster.release();
+            eprintln!(
+                "applbuild-test: --keep: the VMs stay up; press Enter (or Ctrl-C) to stop them.\n{}",
+                cluster.attach_help()
+            );
+            let mut line = String::new();
+            let read = std::io::stdin().lock().read_line(&mut line).unwrap_or(0);
+            if read == 0 {
+                // No terminal: keep them until this process is interrupted.
+                loop {
+                    std::thread::sleep(Duration::from_secs(3600));
+                }
+            }
+        }
+        cluster.shutdown();
+    }
+    let _ = std::fs::remove_dir_all(&run_dir);
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn skipped(scenario: &scenarios::Scenario, why: &str) -> ScenarioReport {
+    ScenarioReport {
+        id: scenario.id.into(),
+        title: scenario.title.into(),
+        outcome: Outcome::Skipped,
+        seconds: 0.0,
+        timings: BTreeMap::new(),
+        detail: Some(why.into()),
+        notes: Vec::new(),
+    }
+}
