@@ -95,12 +95,8 @@ pub fn s7_initiator_link_cut(ctx: &mut Ctx) -> Result<()> {
     writer.await_progress(ctx, 3, timeout)?;
     let reinstate = restore(ctx, false, &network)?;
     ctx.timing("reinstate_s", reinstate);
-    let timeout = ctx.secs(30);
-    writer.await_progress(ctx, 3, timeout)?;
-    let log = writer.finish(ctx)?;
-    ctx.timing("longest_io_stall_s", log.longest_stall_s);
+    let log = finish_and_verify(ctx, writer, &sha)?;
     ctx.timing("writes", log.writes as f64);
-    io::verify(ctx, &log, &sha)?;
     let limit = detection_limit(ctx);
     ctx.timing("limit_s", limit);
     ensure!(
@@ -160,6 +156,18 @@ pub fn s8_target_link_cut(ctx: &mut Ctx) -> Result<()> {
     io::verify(ctx, &log, &sha)?;
     ensure!(received >= sent, "{} of {sent} pings lost", sent - received);
     Ok(())
+}
+
+/// After a fault: waits until the writer completes a few more writes (I/O
+/// flows again), stops it, records its longest stall and verifies every
+/// byte it wrote against the pattern's SHA256.
+fn finish_and_verify(ctx: &mut Ctx, writer: Writer, sha: &str) -> Result<io::WriterLog> {
+    let timeout = ctx.secs(30);
+    writer.await_progress(ctx, 3, timeout)?;
+    let log = writer.finish(ctx)?;
+    ctx.timing("longest_io_stall_s", log.longest_stall_s);
+    io::verify(ctx, &log, sha)?;
+    Ok(log)
 }
 
 /// Reads "N packets transmitted, M packets received" (BusyBox ping).
@@ -266,11 +274,7 @@ pub fn s10_all_paths_down(ctx: &mut Ctx) -> Result<()> {
     let timeout = ctx.secs(60);
     let reinstate = wait_all_paths_up(ctx, replug, timeout)?;
     ctx.timing("reinstate_s", reinstate);
-    let timeout = ctx.secs(30);
-    writer.await_progress(ctx, 3, timeout)?;
-    let log = writer.finish(ctx)?;
-    ctx.timing("longest_io_stall_s", log.longest_stall_s);
-    io::verify(ctx, &log, &sha)?;
+    finish_and_verify(ctx, writer, &sha)?;
     Ok(())
 }
 
@@ -300,11 +304,7 @@ pub fn s11_target_restart(ctx: &mut Ctx) -> Result<()> {
     let timeout = ctx.secs(90);
     let recovered = wait_all_paths_up(ctx, killed, timeout)?;
     ctx.timing("paths_back_s", recovered);
-    let timeout = ctx.secs(30);
-    writer.await_progress(ctx, 3, timeout)?;
-    let log = writer.finish(ctx)?;
-    ctx.timing("longest_io_stall_s", log.longest_stall_s);
-    io::verify(ctx, &log, &sha)?;
+    finish_and_verify(ctx, writer, &sha)?;
     Ok(())
 }
 
@@ -339,11 +339,7 @@ pub fn s12_link_flapping(ctx: &mut Ctx) -> Result<()> {
     let settle = wait_all_paths_up(ctx, replug, timeout)?;
     ctx.timing("settle_s", settle);
     ctx.timing("flaps", FLAPS as f64);
-    let timeout = ctx.secs(30);
-    writer.await_progress(ctx, 3, timeout)?;
-    let log = writer.finish(ctx)?;
-    ctx.timing("longest_io_stall_s", log.longest_stall_s);
-    io::verify(ctx, &log, &sha)?;
+    finish_and_verify(ctx, writer, &sha)?;
     Ok(())
 }
 
