@@ -66,6 +66,14 @@ impl Manifest {
         serde_json::from_str(&text).ok()
     }
 
+    /// The recorded size of the artifact `file` (0 if the manifest has none).
+    pub fn artifact_size(&self, file: &str) -> u64 {
+        self.artifacts
+            .iter()
+            .find(|artifact| artifact.file == file)
+            .map_or(0, |artifact| artifact.size)
+    }
+
     /// Whether every artifact in `dir` still has the recorded size and hash.
     pub fn artifacts_intact(&self, dir: &Path) -> bool {
         self.artifacts.iter().all(|artifact| {
@@ -127,6 +135,14 @@ mod tests {
                 sha256: sha256_file(&dir.join("vmlinuz")).unwrap(),
             }],
         }
+    }
+
+    #[test]
+    fn artifact_size_is_found_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = manifest(dir.path());
+        assert_eq!(manifest.artifact_size("vmlinuz"), 6);
+        assert_eq!(manifest.artifact_size("initrd.img"), 0);
     }
 
     #[test]
