@@ -38,7 +38,7 @@ pub enum BootError {
         waited: Duration,
         /// Serial log file.
         log: PathBuf,
-        /// The kernel's fatal lines, if any.
+        /// The kernel's fatal lines, if any, and the console's last lines.
         detail: String,
     },
     /// The guest agent failed.
@@ -177,17 +177,11 @@ pub fn check(
     let serial_log = run_dir.join("serial.log");
     let mut vm = RunningVm::start(spec, &serial_log)?;
     let Some(ready_line) = vm.wait_for_line(READY_MARKER, ready_timeout) else {
-        let fatal = crate::qemu::fatal_lines(&vm.console());
-        let detail = if fatal.is_empty() {
-            String::new()
-        } else {
-            format!("\n  {}", fatal.join("\n  "))
-        };
         return Err(BootError::NotReady {
             profile: loaded.name.clone(),
             waited: ready_timeout,
             log: serial_log,
-            detail,
+            detail: crate::qemu::not_ready_detail(&vm.console()),
         });
     };
     let boot_to_ready_seconds = vm.started.elapsed().as_secs_f64();

@@ -377,6 +377,33 @@ pub fn fatal_lines(console: &str) -> Vec<String> {
         .collect()
 }
 
+/// The last `count` lines of a console capture: what a "not ready" error
+/// shows so a failure in CI can be read without the serial log file.
+pub fn console_tail(console: &str, count: usize) -> Vec<String> {
+    let lines: Vec<&str> = console.lines().collect();
+    lines[lines.len().saturating_sub(count)..]
+        .iter()
+        .map(|line| line.to_string())
+        .collect()
+}
+
+/// How a guest that never got ready ended: its kernel's fatal lines, then
+/// the last lines of its console, one per line, indented.
+pub fn not_ready_detail(console: &str) -> String {
+    let mut detail = String::new();
+    let fatal = fatal_lines(console);
+    if !fatal.is_empty() {
+        detail.push_str("\n  kernel errors:\n    ");
+        detail.push_str(&fatal.join("\n    "));
+    }
+    detail.push_str("\n  last console lines:\n    ");
+    detail.push_str(&console_tail(console, NOT_READY_TAIL_LINES).join("\n    "));
+    detail
+}
+
+/// How many console lines a "not ready" error quotes.
+const NOT_READY_TAIL_LINES: usize = 30;
+
 /// Whether KVM works here: /dev/kvm opens and a guest kernel gets as far as
 /// printing its banner under KVM. Nested KVM may expose /dev/kvm and still
 /// abort or hang, so only a real boot is trusted.
@@ -504,5 +531,16 @@ mod tests {
         let console = "ok\n[ 1.0] Kernel panic - not syncing\n[ 2.0] blk_update_request: I/O error, dev sdb\nfine\n";
         assert_eq!(fatal_lines(console).len(), 2);
         assert!(fatal_lines("APPLBUILD-READY\n").is_empty());
+    }
+
+    #[test]
+    fn not_ready_detail_quotes_errors_and_the_console_tail() {
+        let console: String = (0..40).map(|n| format!("line {n}\n")).collect();
+        let console = format!("Kernel panic - not syncing: test\n{console}");
+        let detail = not_ready_detail(&console);
+        assert!(detail.contains("kernel errors:\n    Kernel panic"));
+        assert!(detail.contains("line 39") && detail.contains("line 10"));
+        assert!(!detail.contains("line 9\n"));
+        assert_eq!(console_tail("a\nb\n", 5), ["a", "b"]);
     }
 }

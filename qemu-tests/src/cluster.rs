@@ -113,16 +113,11 @@ impl Node {
             vm.console().matches(READY_MARKER).count() >= count || vm.has_exited()
         }) && !vm.has_exited();
         if !ready {
-            let fatal = qemu::fatal_lines(&self.vm.console());
             bail!(
                 "{}: no `{READY_MARKER}` line within {timeout:?} (serial log {}){}",
                 self.name,
                 self.vm.serial_log.display(),
-                if fatal.is_empty() {
-                    String::new()
-                } else {
-                    format!(":\n  {}", fatal.join("\n  "))
-                }
+                qemu::not_ready_detail(&self.vm.console())
             );
         }
         self.boot_to_ready.push(since.elapsed().as_secs_f64());
