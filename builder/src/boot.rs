@@ -113,6 +113,7 @@ pub fn vm_spec(
         disks.push(Disk {
             path,
             serial: disk.name.clone(),
+            read_only: false,
         });
     }
     let nics = profile

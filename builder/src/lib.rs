@@ -7,6 +7,8 @@ pub mod cache;
 pub mod cpio;
 pub mod deb822;
 pub mod deb_archive;
+/// GPT disk images (`disk.img`): kernel, initramfs and data partitions.
+pub mod disk_image;
 pub mod initramfs;
 pub mod kernel_modules;
 pub mod lockfile;

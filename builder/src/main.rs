@@ -43,6 +43,10 @@ struct Cli {
 enum Command {
     /// Build images: out/<profile>/{vmlinuz,initrd.img,manifest.json,SHA256SUMS}.
     ///
+    /// A profile with an [image.disk] table also gets disk.img, a GPT disk
+    /// image whose partitions hold the kernel, the initramfs and an empty
+    /// data area (see docs/image.md).
+    ///
     /// Fetches the suite's InRelease (verified against the keyring), the
     /// Packages index (SHA256 from Release) and every .deb (SHA256 from
     /// Packages) into the cache, resolves dependencies (Recommends are not
@@ -418,6 +422,9 @@ fn print_build(report: &BuildReport) {
         report.packages - report.downloaded,
     );
     println!("  {}", report.out_dir.display());
+    if let Some(bytes) = report.disk_bytes {
+        println!("  disk.img {:.1} MiB", bytes as f64 / 1048576.0);
+    }
     for change in &report.lock_changes {
         println!("  lock: {change}");
     }

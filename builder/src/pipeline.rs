@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use crate::apt_sources;
 use crate::cache::Cache;
 use crate::deb_archive::{self, EntryKind};
+use crate::disk_image::{self, PartitionContent, PartitionSource};
 use crate::initramfs::{self, SegmentPlan};
 use crate::kernel_modules;
 use crate::lockfile::Lockfile;
@@ -79,6 +80,9 @@ pub enum BuildError {
     /// Writing the initramfs failed.
     #[error(transparent)]
     Initramfs(#[from] initramfs::InitramfsError),
+    /// Writing `disk.img` failed.
+    #[error(transparent)]
+    DiskImage(#[from] disk_image::DiskImageError),
     /// Writing an output file failed.
     #[error("cannot write {path}: {source}")]
     Output {
@@ -189,6 +193,8 @@ pub struct StepSeconds {
     pub assemble: f64,
     /// cpio and zstd.
     pub compress: f64,
+    /// Writing `disk.img` (0 when the profile asks for none).
+    pub disk: f64,
     /// Everything.
     pub total: f64,
 }
@@ -212,6 +218,8 @@ pub struct BuildReport {
     pub initrd_bytes: u64,
     /// Size of vmlinuz.
     pub kernel_bytes: u64,
+    /// Size of disk.img, when the profile asks for one (`[image.disk]`).
+    pub disk_bytes: Option<u64>,
     /// Files left out by the path filters.
     pub dropped_files: u64,
     /// Bytes left out by the path filters.
@@ -555,8 +563,17 @@ pub fn build(
     std::fs::write(&kernel_path, &kernel_image).map_err(output_error(&kernel_path))?;
     seconds.compress = started.elapsed().as_secs_f64();
 
+    // Artifacts are listed sorted by name.
+    let mut files = Vec::new();
+    if let Some(disk) = &loaded.profile.image.disk {
+        let started = Instant::now();
+        write_disk_image(staging.path(), disk)?;
+        seconds.disk = started.elapsed().as_secs_f64();
+        files.push(DISK_IMAGE);
+    }
+    files.extend(["initrd.img", "vmlinuz"]);
     let mut artifacts = Vec::new();
-    for file in ["initrd.img", "vmlinuz"] {
+    for file in files {
         let path = staging.path().join(file);
         artifacts.push(Artifact {
             file: file.into(),
@@ -618,6 +635,12 @@ pub fn build(
         rootfs_bytes: tree.total_size(),
         initrd_bytes: manifest.artifact_size("initrd.img"),
         kernel_bytes: manifest.artifact_size("vmlinuz"),
+        disk_bytes: loaded
+            .profile
+            .image
+            .disk
+            .as_ref()
+            .map(|_| manifest.artifact_size(DISK_IMAGE)),
         dropped_files: tree.dropped().files,
         dropped_bytes: tree.dropped().bytes,
         modules: modules.load_order.len(),
@@ -625,6 +648,37 @@ pub fn build(
         lock_changes: resolved.lock_changes,
         unchanged,
     })
+}
+
+/// The GPT disk image's file name in the output folder.
+pub const DISK_IMAGE: &str = "disk.img";
+
+/// Writes `dir/disk.img` from `dir/vmlinuz` and `dir/initrd.img`:
+/// partition 1 `kernel`, 2 `initrd`, 3 `data` (zeros; left out when
+/// `data_mib` is 0). See `docs/image.md`.
+fn write_disk_image(dir: &Path, disk: &profile::DiskImage) -> Result<(), BuildError> {
+    let kernel = dir.join("vmlinuz");
+    let initrd = dir.join("initrd.img");
+    let mut partitions = vec![
+        PartitionContent {
+            name: "kernel",
+            source: PartitionSource::File(&kernel),
+        },
+        PartitionContent {
+            name: "initrd",
+            source: PartitionSource::File(&initrd),
+        },
+    ];
+    if disk.data_mib > 0 {
+        partitions.push(PartitionContent {
+            name: "data",
+            source: PartitionSource::Zeros {
+                bytes: u64::from(disk.data_mib) << 20,
+            },
+        });
+    }
+    disk_image::write_gpt_image(&dir.join(DISK_IMAGE), &partitions)?;
+    Ok(())
 }
 
 /// Unpacks every package in parallel (from the unpacked cache when warm);

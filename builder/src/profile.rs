@@ -200,15 +200,31 @@ pub struct Image {
     /// zstd level of the initramfs segments (1–22).
     #[serde(default = "default_compression_level")]
     pub compression_level: i32,
+    /// Also write `disk.img`, a GPT disk image of the kernel and the initramfs.
+    #[serde(default)]
+    pub disk: Option<DiskImage>,
 }
 
 impl Default for Image {
     fn default() -> Self {
         Self {
             compression_level: default_compression_level(),
+            disk: None,
         }
     }
 }
+
+/// The GPT disk image `disk.img` (partitions `kernel`, `initrd`, `data`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskImage {
+    /// Size in MiB of the trailing zero-filled `data` partition; 0 leaves it out.
+    #[serde(default)]
+    pub data_mib: u32,
+}
+
+/// The largest `image.disk.data_mib` (64 GiB).
+pub const MAX_DISK_DATA_MIB: u32 = 65536;
 
 fn default_compression_level() -> i32 {
     19
@@ -707,6 +723,17 @@ fn validate(name: &str, profile: &Profile) -> Result<(), ProfileError> {
             ),
         ));
     }
+    if let Some(disk) = &profile.image.disk
+        && disk.data_mib > MAX_DISK_DATA_MIB
+    {
+        return Err(fail(
+            "image.disk.data_mib",
+            format!(
+                "{} MiB is more than the {MAX_DISK_DATA_MIB} MiB allowed",
+                disk.data_mib
+            ),
+        ));
+    }
     for (index, interface) in profile.network.interfaces.iter().enumerate() {
         if !is_mac(&interface.mac) {
             return Err(fail(
@@ -920,6 +947,55 @@ mod tests {
         assert_eq!(child.profile.packages.include, ["busybox", "tgt"]);
         assert_eq!(child.profile.kernel.modules, ["a", "b"]);
         assert!(!child.merged.contains_key("extends"));
+    }
+
+    #[test]
+    fn child_profile_asks_for_a_disk_image() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "base",
+            "[packages]\ninclude = [\"busybox\"]\n[image]\ncompression_level = 5\n",
+        );
+        write(
+            dir.path(),
+            "child",
+            "extends = \"base\"\n[image.disk]\ndata_mib = 64\n",
+        );
+        write(dir.path(), "empty", "extends = \"base\"\n[image.disk]\n");
+        let base = load(dir.path(), "base").unwrap().profile;
+        assert!(base.image.disk.is_none());
+        let child = load(dir.path(), "child").unwrap().profile;
+        assert_eq!(child.image.compression_level, 5);
+        assert_eq!(child.image.disk.unwrap().data_mib, 64);
+        let empty = load(dir.path(), "empty").unwrap().profile;
+        assert_eq!(empty.image.disk.unwrap().data_mib, 0);
+    }
+
+    #[test]
+    fn disk_image_keys_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "big",
+            "[packages]\ninclude = [\"busybox\"]\n[image.disk]\ndata_mib = 65537\n",
+        );
+        let error = load(dir.path(), "big").unwrap_err().to_string();
+        assert!(error.contains("image.disk.data_mib"), "{error}");
+        write(
+            dir.path(),
+            "max",
+            "[packages]\ninclude = [\"busybox\"]\n[image.disk]\ndata_mib = 65536\n",
+        );
+        assert!(load(dir.path(), "max").is_ok());
+        write(
+            dir.path(),
+            "typo",
+            "[packages]\ninclude = [\"busybox\"]\n[image.disk]\ndata_mb = 1\n",
+        );
+        let error = load(dir.path(), "typo").unwrap_err().to_string();
+        assert!(error.contains("typo.toml:4:"), "{error}");
+        assert!(error.contains("unknown field `data_mb`"), "{error}");
     }
 
     #[test]

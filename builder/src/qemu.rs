@@ -86,6 +86,8 @@ pub struct Disk {
     pub path: PathBuf,
     /// Serial number (`/dev/disk/by-id/virtio-<serial>` in the guest).
     pub serial: String,
+    /// Attached read-only (an image handed to the guest, not its storage).
+    pub read_only: bool,
 }
 
 /// Everything QEMU needs to start one VM.
@@ -194,8 +196,9 @@ impl VmSpec {
             args.extend([
                 "-drive".into(),
                 format!(
-                    "file={},if=none,id=disk{index},format=raw,cache=unsafe,aio=threads",
-                    disk.path.display()
+                    "file={},if=none,id=disk{index},format=raw,cache=unsafe,aio=threads,readonly={}",
+                    disk.path.display(),
+                    if disk.read_only { "on" } else { "off" }
                 ),
                 "-device".into(),
                 format!("virtio-blk-pci,drive=disk{index},serial={}", disk.serial),
@@ -487,6 +490,7 @@ mod tests {
             disks: vec![Disk {
                 path: "/tmp/lun1.raw".into(),
                 serial: "lun1".into(),
+                read_only: false,
             }],
             qmp_socket: "/tmp/qmp.sock".into(),
             qga_socket: Some("/tmp/qga.sock".into()),

@@ -705,3 +705,73 @@ fn clean_removes_the_output_and_with_cache_the_cache() {
         .success();
     assert!(!fixture.path("cache").exists());
 }
+
+#[test]
+fn image_disk_adds_a_gpt_disk_image_listed_in_the_manifest() {
+    let fixture = Fixture::new();
+    let profile =
+        tiny_profile(&fixture.repo.url, &fixture.repo.keyring) + "\n[image.disk]\ndata_mib = 2\n";
+    fixture.write_profile(&profile);
+    let assert = fixture.build("out1", "cache", &[]).success();
+    let stdout = text(&assert.get_output().stdout);
+    assert!(stdout.contains("disk.img"), "{stdout}");
+    let image = fixture.path("out1/tiny");
+    let disk = fs::read(image.join("disk.img")).unwrap();
+    let initrd = fs::read(image.join("initrd.img")).unwrap();
+
+    // Partition entries: kernel, initrd, data, from 1 MiB on, whole MiB each.
+    assert_eq!(&disk[512..520], b"EFI PART");
+    let mib = 1 << 20;
+    let initrd_mib = initrd.len().div_ceil(mib);
+    let expected = [
+        ("kernel", 1, 1),
+        ("initrd", 2, initrd_mib),
+        ("data", 2 + initrd_mib, 2),
+    ];
+    for (index, (name, start_mib, size_mib)) in expected.into_iter().enumerate() {
+        let entry = &disk[1024 + 128 * index..1024 + 128 * (index + 1)];
+        let first = u64::from_le_bytes(entry[32..40].try_into().unwrap()) as usize;
+        let last = u64::from_le_bytes(entry[40..48].try_into().unwrap()) as usize;
+        assert_eq!(first * 512, start_mib * mib, "{name}");
+        assert_eq!((last + 1 - first) * 512, size_mib * mib, "{name}");
+        let units: Vec<u16> = entry[56..128]
+            .chunks_exact(2)
+            .map(|pair| u16::from_le_bytes([pair[0], pair[1]]))
+            .take_while(|&unit| unit != 0)
+            .collect();
+        assert_eq!(String::from_utf16(&units).unwrap(), name);
+    }
+    assert!(disk[1024 + 3 * 128..1024 + 4 * 128].iter().all(|&b| b == 0));
+    assert_eq!(&disk[mib..mib + KERNEL.len()], KERNEL);
+    assert!(disk[mib + KERNEL.len()..2 * mib].iter().all(|&b| b == 0));
+    assert_eq!(&disk[2 * mib..2 * mib + initrd.len()], initrd.as_slice());
+    assert_eq!(disk.len(), (4 + initrd_mib) * mib + 33 * 512);
+
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(image.join("manifest.json")).unwrap()).unwrap();
+    let files: Vec<&str> = manifest["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|artifact| artifact["file"].as_str().unwrap())
+        .collect();
+    assert_eq!(files, ["disk.img", "initrd.img", "vmlinuz"]);
+    assert_eq!(manifest["artifacts"][0]["size"], disk.len());
+    assert_eq!(
+        manifest["artifacts"][0]["sha256"],
+        sha256_hex(&disk).as_str()
+    );
+    let sums = fs::read_to_string(image.join("SHA256SUMS")).unwrap();
+    assert!(
+        sums.contains(&format!("{}  disk.img\n", sha256_hex(&disk))),
+        "{sums}"
+    );
+
+    let again = fixture.build("out2", "cache", &["--json"]).success();
+    let report: serde_json::Value = serde_json::from_slice(&again.get_output().stdout).unwrap();
+    assert_eq!(report[0]["disk_bytes"], disk.len());
+    assert!(
+        fs::read(fixture.path("out2/tiny/disk.img")).unwrap() == disk,
+        "disk.img differs between builds"
+    );
+}

@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use applbuild::boot::{self, READY_MARKER};
 use applbuild::profile::{self, LoadedProfile};
-use applbuild::qemu::{self, Accel, NetBackend, RunningVm};
+use applbuild::qemu::{self, Accel, Disk, NetBackend, RunningVm};
 use applbuild::qga::{ExecOutput, QgaClient};
 use applbuild::qmp::QmpClient;
 
+use crate::guest::{self, GUEST, Guest};
 use crate::network::VdeSwitch;
 use crate::waits::{Scale, wait_until};
 
@@ -78,11 +79,13 @@ impl Node {
         serial_log: &Path,
         accel: Accel,
         backend_for: &dyn Fn(&str) -> NetBackend,
+        extra_disks: Vec<Disk>,
     ) -> Result<Self> {
         std::fs::create_dir_all(run_dir)
             .with_context(|| format!("creating {}", run_dir.display()))?;
         let scale = Scale(accel.timeout_scale());
         let mut spec = boot::vm_spec(&loaded, image_dir, run_dir, accel, backend_for)?;
+        spec.disks.extend(extra_disks);
         // S14 reboots the hypervisor inside the same QEMU process.
         spec.exit_on_reboot = false;
         let vm = RunningVm::start(spec, serial_log)?;
@@ -255,23 +258,30 @@ impl Node {
     }
 }
 
-/// Both nodes on both networks.
+/// Both nodes on both networks, and the guest VM once S6 started it.
 pub struct Cluster {
     /// The storage node (tgtd).
     pub storage: Node,
     /// The hypervisor node (open-iscsi, multipath, br0).
     pub hypervisor: Node,
+    /// The guest profile (S6 installs its image on the multipath map).
+    pub guest_profile: LoadedProfile,
+    /// The guest VM running inside the hypervisor node, if started.
+    pub guest: Option<Guest>,
     /// SAN-A and SAN-B.
     pub switches: Vec<VdeSwitch>,
     /// Serial logs and failure outputs.
     pub artifacts: PathBuf,
+    /// Folder of the built images.
+    pub images: PathBuf,
     /// How the CPUs are emulated.
     pub accel: Accel,
 }
 
 impl Cluster {
     /// Starts one switch per network the profiles name, then boots the
-    /// storage node, then the hypervisor node, each to its ready line.
+    /// storage node, then the hypervisor node (with the guest's disk image
+    /// attached read-only), each to its ready line.
     pub fn boot(
         profiles_dir: &Path,
         images: &Path,
@@ -281,6 +291,7 @@ impl Cluster {
     ) -> Result<Self> {
         let storage_profile = profile::load(profiles_dir, STORAGE)?;
         let hypervisor_profile = profile::load(profiles_dir, HYPERVISOR)?;
+        let guest_profile = profile::load(profiles_dir, GUEST)?;
         let mut networks: Vec<String> = Vec::new();
         for loaded in [&storage_profile, &hypervisor_profile] {
             for interface in &loaded.profile.network.interfaces {
@@ -309,6 +320,7 @@ impl Cluster {
             &artifacts.join("storage-serial.log"),
             accel,
             &backend_for,
+            Vec::new(),
         )?;
         let hypervisor = Node::boot(
             hypervisor_profile,
@@ -317,12 +329,20 @@ impl Cluster {
             &artifacts.join("hypervisor-serial.log"),
             accel,
             &backend_for,
+            vec![Disk {
+                path: images.join(GUEST).join("disk.img"),
+                serial: guest::IMAGE_DISK_SERIAL.into(),
+                read_only: true,
+            }],
         )?;
         Ok(Self {
             storage,
             hypervisor,
+            guest_profile,
+            guest: None,
             switches,
             artifacts: artifacts.to_path_buf(),
+            images: images.to_path_buf(),
             accel,
         })
     }
@@ -345,6 +365,50 @@ impl Cluster {
                 .extend(scan.path_errors.into_iter().map(|l| format!("{name}: {l}")));
         }
         all
+    }
+
+    /// The guest's console since the previous scan (kept in the artifacts
+    /// as `guest-serial.log`), classified; empty while no guest runs.
+    pub fn scan_guest_console(&mut self) -> Result<ConsoleScan> {
+        let Some(guest) = &mut self.guest else {
+            return Ok(ConsoleScan::default());
+        };
+        let text = guest.new_console(&mut self.hypervisor)?;
+        let log = self.artifacts.join("guest-serial.log");
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .with_context(|| format!("opening {}", log.display()))?;
+        std::io::Write::write_all(&mut file, text.as_bytes())
+            .with_context(|| format!("writing {}", log.display()))?;
+        let mut scan = classify_console(&text);
+        // Inside the guest every I/O error is one its workload would see.
+        scan.fatal.append(&mut scan.path_errors);
+        scan.fatal = scan
+            .fatal
+            .into_iter()
+            .map(|l| format!("guest: {l}"))
+            .collect();
+        Ok(scan)
+    }
+
+    /// Runs a command in the guest (see [`Guest::exec`]).
+    pub fn guest_exec(&mut self, command: &str, timeout: Duration) -> Result<ExecOutput> {
+        let guest = self
+            .guest
+            .as_ref()
+            .ok_or_else(|| anyhow!("the guest VM is not running (S6 starts it)"))?;
+        guest.exec(&mut self.hypervisor, command, timeout)
+    }
+
+    /// Runs a command in the guest that must succeed; returns its output.
+    pub fn guest_sh(&mut self, command: &str) -> Result<String> {
+        let guest = self
+            .guest
+            .as_ref()
+            .ok_or_else(|| anyhow!("the guest VM is not running (S6 starts it)"))?;
+        guest.sh(&mut self.hypervisor, command)
     }
 
     /// Replugs every cable (after a scenario, whatever happened in it).
@@ -383,6 +447,14 @@ impl Cluster {
             "  run a command: applbuild-test exec {} 'multipathd show paths'\n",
             self.hypervisor.qga_socket().display()
         ));
+        if let Some(guest) = &self.guest {
+            text.push_str(&format!(
+                "  guest VM ({}, {:?}) inside the hypervisor: console {}/console.log there\n",
+                guest.ip,
+                guest.accel,
+                guest::RUN_DIR
+            ));
+        }
         text
     }
 

@@ -3,6 +3,7 @@
 //! networks and runs the scenarios of docs/acceptance.md on that one cluster.
 
 mod cluster;
+mod guest;
 mod images;
 mod network;
 mod report;
@@ -22,6 +23,7 @@ use applbuild::qga::QgaClient;
 use clap::{Parser, Subcommand};
 
 use crate::cluster::{Cluster, HYPERVISOR, STORAGE};
+use crate::guest::GUEST;
 use crate::report::{Outcome, ScenarioReport, SuiteReport};
 
 /// Failover acceptance suite for the applbuild storage and hypervisor
@@ -141,13 +143,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let images = std::path::absolute(&cli.images)?;
     let artifacts = std::path::absolute(&cli.artifacts)?;
     if cli.no_build {
-        for name in [STORAGE, HYPERVISOR] {
+        for name in [STORAGE, HYPERVISOR, GUEST] {
             if !images.join(name).join("vmlinuz").is_file() {
                 bail!("no image {} (and --no-build)", images.join(name).display());
             }
         }
     } else {
-        images::ensure_built(&project, &images, &[STORAGE, HYPERVISOR])?;
+        images::ensure_built(&project, &images, &[STORAGE, HYPERVISOR, GUEST])?;
     }
 
     // Unix socket paths are limited to 108 bytes: sockets live under /tmp.

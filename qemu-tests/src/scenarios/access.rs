@@ -169,6 +169,11 @@ pub fn s13_access_control(ctx: &mut Ctx) -> Result<()> {
 /// with the same NICs) and comes back with its sessions and the aliased
 /// map, with no step from outside.
 pub fn s14_reboot(ctx: &mut Ctx) -> Result<()> {
+    // The guest VM goes down with its host: stop it first, so its console
+    // is no longer read.
+    if ctx.cluster.guest.take().is_some() {
+        crate::guest::stop(&mut ctx.cluster.hypervisor)?;
+    }
     let timeout = ctx.secs(90);
     let started = Instant::now();
     let ready = ctx.cluster.hypervisor.power_cycle(timeout)?;

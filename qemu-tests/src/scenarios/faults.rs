@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 
-use super::basic::{VM_IP, ensure_vm_nic};
-use super::io::{self, Writer};
+use super::io::{self, Stream, Writer};
+use super::vm::ensure_guest;
 use super::{Ctx, PathState, describe, must, wait_all_paths_up, wait_paths};
 use crate::waits::wait_until;
 
@@ -30,15 +30,40 @@ fn split(paths: &[PathState], iface: &str, expected: usize) -> bool {
         })
 }
 
+/// The hypervisor's uptime in seconds (its kernel log's clock).
+fn hypervisor_uptime(ctx: &mut Ctx) -> Result<f64> {
+    let text = must(&mut ctx.cluster.hypervisor, "cut -d' ' -f1 /proc/uptime")?;
+    text.trim()
+        .parse()
+        .with_context(|| format!("unreadable uptime `{text}`"))
+}
+
+/// The kernel-log time of the first "Failing path" after `after` (uptime
+/// seconds), from the device-mapper multipath target.
+pub fn first_failing_path(dmesg: &str, after: f64) -> Option<f64> {
+    dmesg
+        .lines()
+        .filter(|line| line.contains("multipath") && line.contains("Failing path"))
+        .filter_map(|line| {
+            let stamp = line.strip_prefix('[')?.split(']').next()?;
+            stamp.trim().parse::<f64>().ok()
+        })
+        .find(|time| *time >= after)
+}
+
 /// Cuts `network` on the hypervisor (`storage == false`) or the storage
 /// node, waits until exactly the paths through the hypervisor's SAN-B iface
-/// are failed, and returns the detection time.
+/// are failed, and returns the detection time: from the cut to the
+/// hypervisor kernel's "Failing path", both on the hypervisor's clock. The
+/// time until the suite saw the failed paths, which adds its polling, is
+/// recorded as `detect_observed_s`.
 fn cut_and_detect(ctx: &mut Ctx, storage: bool, network: &str) -> Result<f64> {
     let iface = ctx
         .facts
         .iface_over(&ctx.facts.hypervisor_nic_b.0)
         .context("no iface over the SAN-B NIC")?;
     let expected = ctx.facts.paths();
+    let before = hypervisor_uptime(ctx)?;
     let cut = Instant::now();
     if storage {
         ctx.cluster.storage.set_link(network, false)?;
@@ -46,7 +71,7 @@ fn cut_and_detect(ctx: &mut Ctx, storage: bool, network: &str) -> Result<f64> {
         ctx.cluster.hypervisor.set_link(network, false)?;
     }
     let timeout = ctx.secs(30);
-    let (seconds, paths) = wait_paths(
+    let (observed, paths) = wait_paths(
         ctx,
         cut,
         timeout,
@@ -54,7 +79,16 @@ fn cut_and_detect(ctx: &mut Ctx, storage: bool, network: &str) -> Result<f64> {
         |p| split(p, &iface, expected),
     )?;
     ctx.keep("paths after the cut", &describe(&paths));
-    Ok(seconds)
+    ctx.timing("detect_observed_s", observed);
+    let dmesg = must(
+        &mut ctx.cluster.hypervisor,
+        "dmesg | grep 'Failing path'; true",
+    )?;
+    ctx.keep("Failing path lines", &dmesg);
+    let failed = first_failing_path(&dmesg, before)
+        .with_context(|| format!("no \"Failing path\" in the kernel log after {before} s"))?;
+    // The suite's own uptime read adds to the figure: it is an upper bound.
+    Ok(failed - before)
 }
 
 /// Replugs and returns the time until every path is active again.
@@ -85,8 +119,8 @@ pub fn s7_initiator_link_cut(ctx: &mut Ctx) -> Result<()> {
     let started = Instant::now();
     let timeout = ctx.secs(60);
     wait_all_paths_up(ctx, started, timeout)?;
-    let sha = io::pattern(ctx)?;
-    let writer = Writer::start(ctx, "s7")?;
+    let stream = io::pattern(ctx, 7)?;
+    let writer = Writer::start(ctx, "s7", &stream)?;
     let network = ctx.facts.hypervisor_nic_b.1.clone();
     let detect = cut_and_detect(ctx, false, &network)?;
     ctx.timing("detect_s", detect);
@@ -95,7 +129,7 @@ pub fn s7_initiator_link_cut(ctx: &mut Ctx) -> Result<()> {
     writer.await_progress(ctx, 3, timeout)?;
     let reinstate = restore(ctx, false, &network)?;
     ctx.timing("reinstate_s", reinstate);
-    let log = finish_and_verify(ctx, writer, &sha)?;
+    let log = finish_and_verify(ctx, writer, &stream)?;
     ctx.timing("writes", log.writes as f64);
     let limit = detection_limit(ctx);
     ctx.timing("limit_s", limit);
@@ -111,25 +145,31 @@ pub fn s7_initiator_link_cut(ctx: &mut Ctx) -> Result<()> {
     Ok(())
 }
 
-/// S8: the storage node's SAN-B cable is pulled while it pings the VM NIC
-/// on br0 once a second, and while the hypervisor writes.
+/// S8: the storage node's SAN-B cable is pulled while it pings the guest
+/// VM on br0 once a second, and while the guest writes.
 pub fn s8_target_link_cut(ctx: &mut Ctx) -> Result<()> {
     let started = Instant::now();
     let timeout = ctx.secs(60);
     wait_all_paths_up(ctx, started, timeout)?;
-    ensure_vm_nic(ctx)?;
-    let sha = io::pattern(ctx)?;
+    let stream = io::pattern(ctx, 8)?;
+    let guest_ip = ctx
+        .cluster
+        .guest
+        .as_ref()
+        .context("the stream starts the guest")?
+        .ip
+        .clone();
     let ping_log = "/run/applbuild-test-ping.log";
     let storage = &mut ctx.cluster.storage;
     // One reply first, so ARP is settled and every later loss counts.
-    must(storage, &format!("ping -c 1 -W 5 {VM_IP}"))?;
+    must(storage, &format!("ping -c 1 -W 5 {guest_ip}"))?;
     must(
         storage,
         &format!(
-            "rm -f {ping_log}; setsid ping {VM_IP} </dev/null >{ping_log} 2>&1 & echo $! > {ping_log}.pid"
+            "rm -f {ping_log}; setsid ping {guest_ip} </dev/null >{ping_log} 2>&1 & echo $! > {ping_log}.pid"
         ),
     )?;
-    let writer = Writer::start(ctx, "s8")?;
+    let writer = Writer::start(ctx, "s8", &stream)?;
     let network = ctx.facts.storage_nic_b.1.clone();
     let detect = cut_and_detect(ctx, true, &network)?;
     ctx.timing("detect_s", detect);
@@ -153,7 +193,7 @@ pub fn s8_target_link_cut(ctx: &mut Ctx) -> Result<()> {
     ctx.timing("lost_pings", (sent - received.min(sent)) as f64);
     let log = writer.finish(ctx)?;
     ctx.timing("longest_io_stall_s", log.longest_stall_s);
-    io::verify(ctx, &log, &sha)?;
+    io::verify(ctx, &log, &stream)?;
     ensure!(received >= sent, "{} of {sent} pings lost", sent - received);
     Ok(())
 }
@@ -161,12 +201,12 @@ pub fn s8_target_link_cut(ctx: &mut Ctx) -> Result<()> {
 /// After a fault: waits until the writer completes a few more writes (I/O
 /// flows again), stops it, records its longest stall and verifies every
 /// byte it wrote against the pattern's SHA256.
-fn finish_and_verify(ctx: &mut Ctx, writer: Writer, sha: &str) -> Result<io::WriterLog> {
+fn finish_and_verify(ctx: &mut Ctx, writer: Writer, stream: &Stream) -> Result<io::WriterLog> {
     let timeout = ctx.secs(30);
     writer.await_progress(ctx, 3, timeout)?;
     let log = writer.finish(ctx)?;
     ctx.timing("longest_io_stall_s", log.longest_stall_s);
-    io::verify(ctx, &log, sha)?;
+    io::verify(ctx, &log, stream)?;
     Ok(log)
 }
 
@@ -181,16 +221,13 @@ pub fn ping_summary(text: &str) -> Option<(u64, u64)> {
     Some((*numbers.first()?, *numbers.get(1)?))
 }
 
-/// Runs one timed `dd` in the hypervisor and returns MB/s.
+/// Runs one timed `dd` in the guest and returns MB/s.
 fn throughput(ctx: &mut Ctx, command: &str, mib: u64) -> Result<f64> {
     let script = format!(
         "t0=$(cut -d' ' -f1 /proc/uptime); {command} 2>/dev/null || exit 1; t1=$(cut -d' ' -f1 /proc/uptime); echo $t0 $t1"
     );
-    let output = ctx
-        .cluster
-        .hypervisor
-        .exec(&script, Duration::from_secs(300))?;
-    ensure!(output.success(), "`{command}` failed: {}", output.stderr);
+    let output = ctx.cluster.guest_exec(&script, Duration::from_secs(300))?;
+    ensure!(output.success(), "`{command}` failed: {}", output.stdout);
     let times: Vec<f64> = output
         .stdout
         .split_whitespace()
@@ -205,13 +242,15 @@ fn throughput(ctx: &mut Ctx, command: &str, mib: u64) -> Result<f64> {
     Ok((mib << 20) as f64 / 1e6 / seconds)
 }
 
-/// S9: write (fsync) and read throughput on all paths, then on half.
+/// S9: the guest's write (fsync) and read throughput on its disk with all
+/// paths, then with half of them.
 pub fn s9_throughput(ctx: &mut Ctx) -> Result<()> {
-    const MIB: u64 = 64;
+    const MIB: u64 = 32;
     let started = Instant::now();
     let timeout = ctx.secs(60);
     wait_all_paths_up(ctx, started, timeout)?;
-    let device = format!("/dev/mapper/{}", ctx.facts.alias);
+    ensure_guest(ctx)?;
+    let device = io::guest_data_device();
     // Past the region the other scenarios verify.
     let seek = io::PATTERN_MIB;
     let write = format!(
@@ -240,8 +279,8 @@ pub fn s10_all_paths_down(ctx: &mut Ctx) -> Result<()> {
     let started = Instant::now();
     let timeout = ctx.secs(60);
     wait_all_paths_up(ctx, started, timeout)?;
-    let sha = io::pattern(ctx)?;
-    let writer = Writer::start(ctx, "s10")?;
+    let stream = io::pattern(ctx, 10)?;
+    let writer = Writer::start(ctx, "s10", &stream)?;
     let networks = ctx.cluster.hypervisor.networks();
     let cut = Instant::now();
     for network in &networks {
@@ -252,10 +291,10 @@ pub fn s10_all_paths_down(ctx: &mut Ctx) -> Result<()> {
         !p.is_empty() && p.iter().all(PathState::is_down)
     })?;
     ctx.timing("all_down_detect_s", detect);
-    let before = writer.read(&mut ctx.cluster.hypervisor)?;
+    let before = writer.read(ctx)?;
     // Hold the cables out for another full detection time: I/O must queue.
     hold(Duration::from_secs_f64(ctx.facts.detection_bound_s));
-    let during = writer.read(&mut ctx.cluster.hypervisor)?;
+    let during = writer.read(ctx)?;
     ctx.timing("cut_s", cut.elapsed().as_secs_f64());
     ensure!(
         during.failures == 0,
@@ -274,7 +313,7 @@ pub fn s10_all_paths_down(ctx: &mut Ctx) -> Result<()> {
     let timeout = ctx.secs(60);
     let reinstate = wait_all_paths_up(ctx, replug, timeout)?;
     ctx.timing("reinstate_s", reinstate);
-    finish_and_verify(ctx, writer, &sha)?;
+    finish_and_verify(ctx, writer, &stream)?;
     Ok(())
 }
 
@@ -284,8 +323,8 @@ pub fn s11_target_restart(ctx: &mut Ctx) -> Result<()> {
     let started = Instant::now();
     let timeout = ctx.secs(60);
     wait_all_paths_up(ctx, started, timeout)?;
-    let sha = io::pattern(ctx)?;
-    let writer = Writer::start(ctx, "s11")?;
+    let stream = io::pattern(ctx, 11)?;
+    let writer = Writer::start(ctx, "s11", &stream)?;
     let old = must(&mut ctx.cluster.storage, "pidof tgtd")?;
     let killed = Instant::now();
     must(&mut ctx.cluster.storage, "kill -9 $(pidof tgtd)")?;
@@ -304,7 +343,7 @@ pub fn s11_target_restart(ctx: &mut Ctx) -> Result<()> {
     let timeout = ctx.secs(90);
     let recovered = wait_all_paths_up(ctx, killed, timeout)?;
     ctx.timing("paths_back_s", recovered);
-    finish_and_verify(ctx, writer, &sha)?;
+    finish_and_verify(ctx, writer, &stream)?;
     Ok(())
 }
 
@@ -315,8 +354,8 @@ pub fn s12_link_flapping(ctx: &mut Ctx) -> Result<()> {
     let started = Instant::now();
     let timeout = ctx.secs(60);
     wait_all_paths_up(ctx, started, timeout)?;
-    let sha = io::pattern(ctx)?;
-    let writer = Writer::start(ctx, "s12")?;
+    let stream = io::pattern(ctx, 12)?;
+    let writer = Writer::start(ctx, "s12", &stream)?;
     let network = ctx.facts.hypervisor_nic_b.1.clone();
     // Each phase is shorter than the detection time half of the time, so
     // both "noticed" and "not noticed" flaps happen.
@@ -326,7 +365,7 @@ pub fn s12_link_flapping(ctx: &mut Ctx) -> Result<()> {
         hold(Duration::from_secs(*seconds));
         ctx.cluster.hypervisor.set_link(&network, true)?;
         hold(Duration::from_secs(*seconds));
-        let log = writer.read(&mut ctx.cluster.hypervisor)?;
+        let log = writer.read(ctx)?;
         ensure!(
             log.failures == 0,
             "write failed during flap {}: {}",
@@ -339,13 +378,21 @@ pub fn s12_link_flapping(ctx: &mut Ctx) -> Result<()> {
     let settle = wait_all_paths_up(ctx, replug, timeout)?;
     ctx.timing("settle_s", settle);
     ctx.timing("flaps", FLAPS as f64);
-    finish_and_verify(ctx, writer, &sha)?;
+    finish_and_verify(ctx, writer, &stream)?;
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failing_path_time_comes_from_the_kernel_log() {
+        let dmesg = "[  100.000001] device-mapper: multipath: 253:0: Failing path 8:32.\n\
+                     [  207.250000] device-mapper: multipath: 253:0: Failing path 8:48.\n";
+        assert_eq!(first_failing_path(dmesg, 200.0), Some(207.25));
+        assert_eq!(first_failing_path(dmesg, 300.0), None);
+    }
 
     #[test]
     fn busybox_ping_summary() {

@@ -1,20 +1,32 @@
-//! Guest-side I/O used by the fault scenarios: a known random pattern kept
-//! in /run with its sha256, and a background writer that writes it to the
-//! multipath device again and again, one direct 1 MiB `dd` at a time, logging
-//! a timestamp (guest uptime) and the exit status of every write. The
-//! longest gap between two log lines is the longest I/O stall the writer saw.
+//! The guest VM's I/O in the fault scenarios: a seeded pseudorandom stream
+//! (AES-128-CTR of zeros keyed by the seed, so the same seed gives the same
+//! bytes) kept in the guest's RAM with its sha256, and a background writer
+//! that writes it to the guest's data partition again and again, one direct
+//! and fsynced 1 MiB `dd` at a time, logging a timestamp (guest uptime) and
+//! the exit status of every write. The longest gap between two log lines is
+//! the longest I/O stall the guest saw. Each scenario uses its own seed, so
+//! a verification can only pass on bytes that scenario wrote.
 
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 
-use super::{Ctx, device_sha256, must};
+use super::vm::ensure_guest;
+use super::{Ctx, device_sha256};
+use crate::guest;
 use crate::waits::wait_until;
 
-/// Folder of the suite's files in the hypervisor.
+/// Folder of the suite's files in the guest.
 pub const DIR: &str = "/run/applbuild-test";
-/// Size of the pattern in MiB.
-pub const PATTERN_MIB: u64 = 32;
+/// The AES-CTR initial counter: the seed, as the key, is what varies.
+const STREAM_IV: &str = "00000000000000000000000000000000";
+/// Size of the stream in MiB.
+pub const PATTERN_MIB: u64 = 16;
+
+/// The guest's data partition, as the guest sees it.
+pub fn guest_data_device() -> String {
+    format!("/dev/vda{}", guest::DATA_PARTITION)
+}
 
 const WRITER: &str = r#"#!/bin/sh
 # writer DEV PATTERN MIB STOPFILE LOG: rewrites PATTERN onto DEV in 1 MiB
@@ -34,20 +46,35 @@ done
 echo "DONE $(cut -d' ' -f1 /proc/uptime)" >> $log
 "#;
 
-/// Makes the pattern (once) and returns its sha256.
-pub fn pattern(ctx: &mut Ctx) -> Result<String> {
-    let command = format!(
-        "mkdir -p {DIR} && {{ [ -s {DIR}/pattern ] || dd if=/dev/urandom of={DIR}/pattern bs=1M count={PATTERN_MIB} 2>/dev/null; }} && sha256sum {DIR}/pattern"
-    );
-    let output = must(&mut ctx.cluster.hypervisor, &command)?;
-    output
-        .split_whitespace()
-        .next()
-        .map(String::from)
-        .context("no sha256 of the pattern")
+/// The stream of one seed.
+pub struct Stream {
+    /// Its file in the guest.
+    pub file: String,
+    /// Its sha256.
+    pub sha256: String,
 }
 
-/// A background writer in the hypervisor.
+/// Makes sure the guest runs, generates the stream of `seed` in it and
+/// returns its file and sha256.
+pub fn pattern(ctx: &mut Ctx, seed: u64) -> Result<Stream> {
+    ensure_guest(ctx)?;
+    let file = format!("{DIR}/stream-{seed}");
+    let command = format!(
+        "mkdir -p {DIR} && dd if=/dev/zero bs=1M count={PATTERN_MIB} 2>/dev/null | \
+         openssl enc -aes-128-ctr -nosalt -K {seed:032x} -iv {STREAM_IV} > {file} && sha256sum {file}"
+    );
+    let output = ctx.cluster.guest_sh(&command)?;
+    // The output is merged with stderr: take the line sha256sum printed.
+    let sha256 = output
+        .lines()
+        .find(|line| line.ends_with(&format!(" {file}")))
+        .and_then(|line| line.split_whitespace().next())
+        .map(String::from)
+        .with_context(|| format!("no sha256 of the stream in:\n{output}"))?;
+    Ok(Stream { file, sha256 })
+}
+
+/// A background writer in the guest.
 pub struct Writer {
     log: String,
     stop: String,
@@ -69,54 +96,53 @@ pub struct WriterLog {
 }
 
 impl Writer {
-    /// Starts writing the pattern to the alias's map in the background.
-    pub fn start(ctx: &mut Ctx, name: &str) -> Result<Self> {
+    /// Starts writing `stream` to the guest's data partition in the
+    /// background.
+    pub fn start(ctx: &mut Ctx, name: &str, stream: &Stream) -> Result<Self> {
         let log = format!("{DIR}/{name}.log");
         let stop = format!("{DIR}/{name}.stop");
-        let device = format!("/dev/mapper/{}", ctx.facts.alias);
+        let device = guest_data_device();
         let script = format!("{DIR}/writer");
-        let hypervisor = &mut ctx.cluster.hypervisor;
-        must(
-            hypervisor,
-            &format!(
-                "mkdir -p {DIR} && cat > {script} <<'EOF'\n{WRITER}EOF\nchmod +x {script} && rm -f {log} {log}.err {stop}"
-            ),
-        )?;
-        must(
-            hypervisor,
-            &format!(
-                "setsid {script} {device} {DIR}/pattern {PATTERN_MIB} {stop} {log} </dev/null >/dev/null 2>&1 &"
-            ),
-        )?;
+        ctx.cluster.guest_sh(&format!(
+            "mkdir -p {DIR} && cat > {script} <<'EOF'\n{WRITER}EOF\nchmod +x {script} && rm -f {log} {log}.err {stop}"
+        ))?;
+        ctx.cluster.guest_sh(&format!(
+            "setsid {script} {device} {} {PATTERN_MIB} {stop} {log} </dev/null >/dev/null 2>&1 &",
+            stream.file
+        ))?;
         let writer = Self { log, stop };
         // Started means one write went through.
         let timeout = ctx.secs(30);
-        let hypervisor = &mut ctx.cluster.hypervisor;
         let ok = wait_until(timeout, Duration::from_millis(300), || {
-            writer.read(hypervisor).is_ok_and(|l| l.writes > 0)
+            writer.read(ctx).is_ok_and(|l| l.writes > 0)
         });
-        ensure!(ok, "the writer made no write within {timeout:?}");
+        if !ok {
+            bail!("the guest's writer made no write within {timeout:?}");
+        }
         Ok(writer)
     }
 
     /// Reads the log so far.
-    pub fn read(&self, node: &mut crate::cluster::Node) -> Result<WriterLog> {
-        let text = node.sh(&format!("cat {} 2>/dev/null; true", self.log))?;
-        let errors = node.sh(&format!("head -c 2000 {}.err 2>/dev/null; true", self.log))?;
+    pub fn read(&self, ctx: &mut Ctx) -> Result<WriterLog> {
+        let text = ctx
+            .cluster
+            .guest_sh(&format!("cat {} 2>/dev/null; true", self.log))?;
+        let errors = ctx
+            .cluster
+            .guest_sh(&format!("head -c 2000 {}.err 2>/dev/null; true", self.log))?;
         Ok(parse_log(&text, errors))
     }
 
     /// Number of writes so far.
     pub fn writes(&self, ctx: &mut Ctx) -> Result<usize> {
-        Ok(self.read(&mut ctx.cluster.hypervisor)?.writes)
+        Ok(self.read(ctx)?.writes)
     }
 
     /// Waits until `more` writes complete after now (I/O flows).
     pub fn await_progress(&self, ctx: &mut Ctx, more: usize, timeout: Duration) -> Result<()> {
         let base = self.writes(ctx)?;
-        let hypervisor = &mut ctx.cluster.hypervisor;
         let ok = wait_until(timeout, Duration::from_millis(300), || {
-            self.read(hypervisor).is_ok_and(|l| l.writes >= base + more)
+            self.read(ctx).is_ok_and(|l| l.writes >= base + more)
         });
         ensure!(
             ok,
@@ -127,13 +153,12 @@ impl Writer {
 
     /// Asks the writer to stop after its current pass and waits for it.
     pub fn finish(self, ctx: &mut Ctx) -> Result<WriterLog> {
-        must(&mut ctx.cluster.hypervisor, &format!("touch {}", self.stop))?;
+        ctx.cluster.guest_sh(&format!("touch {}", self.stop))?;
         let timeout = ctx.secs(120);
-        let hypervisor = &mut ctx.cluster.hypervisor;
         let ok = wait_until(timeout, Duration::from_millis(500), || {
-            self.read(hypervisor).is_ok_and(|l| l.done)
+            self.read(ctx).is_ok_and(|l| l.done)
         });
-        let log = self.read(&mut ctx.cluster.hypervisor)?;
+        let log = self.read(ctx)?;
         if !ok {
             bail!(
                 "the writer did not finish within {timeout:?} ({} writes, {} failed)",
@@ -178,21 +203,33 @@ pub fn parse_log(text: &str, errors: String) -> WriterLog {
     }
 }
 
-/// Checks a finished writer: no failed write, and the device holds the
-/// pattern byte for byte.
-pub fn verify(ctx: &mut Ctx, log: &WriterLog, sha256: &str) -> Result<()> {
+/// Checks a finished writer: no failed write, and the whole stream reads
+/// back byte for byte, both in the guest (its data partition) and in the
+/// hypervisor (the same partition of the multipath map).
+pub fn verify(ctx: &mut Ctx, log: &WriterLog, stream: &Stream) -> Result<()> {
     ensure!(
         log.failures == 0,
-        "{} of {} writes failed: {}",
+        "{} of {} writes failed in the guest: {}",
         log.failures,
         log.writes,
         log.errors
     );
-    let device = format!("/dev/mapper/{}", ctx.facts.alias);
-    let read = device_sha256(&mut ctx.cluster.hypervisor, &device, PATTERN_MIB)?;
+    let device = guest_data_device();
+    let output = ctx.cluster.guest_sh(&format!(
+        "dd if={device} bs=1M count={PATTERN_MIB} iflag=direct 2>/dev/null | sha256sum"
+    ))?;
+    let read = output.split_whitespace().next().unwrap_or_default();
     ensure!(
-        read == sha256,
-        "read back {read} from {device}, wrote {sha256}"
+        read == stream.sha256,
+        "the guest read back {read} from {device}, wrote {}",
+        stream.sha256
+    );
+    let partition = guest::map_partition(&ctx.facts.alias, guest::DATA_PARTITION);
+    let read = device_sha256(&mut ctx.cluster.hypervisor, &partition, PATTERN_MIB)?;
+    ensure!(
+        read == stream.sha256,
+        "the hypervisor read back {read} from {partition}, the guest wrote {}",
+        stream.sha256
     );
     Ok(())
 }

@@ -6,6 +6,7 @@ mod access;
 mod basic;
 mod faults;
 mod io;
+mod vm;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -58,6 +59,11 @@ pub fn all() -> Vec<Scenario> {
             run: Some(basic::s5_bridge),
         },
         Scenario {
+            id: "S6",
+            title: "VM on the multipath disk",
+            run: Some(vm::s6_vm_on_multipath_disk),
+        },
+        Scenario {
             id: "S7",
             title: "initiator link cut under I/O",
             run: Some(faults::s7_initiator_link_cut),
@@ -96,11 +102,6 @@ pub fn all() -> Vec<Scenario> {
             id: "S14",
             title: "reboot",
             run: Some(access::s14_reboot),
-        },
-        Scenario {
-            id: "S6",
-            title: "VM on the multipath disk",
-            run: None,
         },
     ]
 }
@@ -404,7 +405,13 @@ pub fn run_one(cluster: &mut Cluster, scenario: &Scenario) -> ScenarioReport {
     };
     let result = run(&mut ctx);
     let replug = ctx.cluster.replug_all();
-    let scan = ctx.cluster.scan_consoles();
+    let mut scan = ctx.cluster.scan_consoles();
+    match ctx.cluster.scan_guest_console() {
+        Ok(guest) => scan.fatal.extend(guest.fatal),
+        Err(error) => ctx
+            .notes
+            .push(format!("the guest's console could not be read: {error:#}")),
+    }
     let mut problems = Vec::new();
     if let Err(error) = result {
         problems.push(format!("{error:#}"));

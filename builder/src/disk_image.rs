@@ -1,0 +1,944 @@
+//! Writes a GPT-partitioned raw disk image, deterministically, without any
+//! external tool and without root.
+//!
+//! Layout, in 512-byte sectors (LBAs):
+//!
+//! | LBA | contents |
+//! |---|---|
+//! | 0 | protective MBR: one partition of type `0xEE` from LBA 1 |
+//! | 1 | primary GPT header |
+//! | 2–33 | primary partition entries: 128 × 128 bytes |
+//! | 2048… | the partitions, each starting on a MiB boundary and a whole number of MiB long |
+//! | last − 32 … last − 1 | backup partition entries |
+//! | last | backup GPT header |
+//!
+//! The image ends right after the last partition with the 33 backup
+//! sectors, so the last usable LBA is the last partition's last sector.
+//! Every partition has the type "Linux filesystem data"; the disk GUID and
+//! the partitions' unique GUIDs are derived from SHA-256 digests of the
+//! partitions' numbers, names and contents, so the same inputs give a
+//! byte-identical file. Zero-filled regions are left as holes (the file is
+//! sized with `set_len` and only non-zero data is written), so a large
+//! empty partition costs no disk space on file systems with sparse files.
+
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+/// Bytes per sector (LBA).
+pub const SECTOR_SIZE: u64 = 512;
+
+/// Partition starts and sizes are multiples of this many sectors (1 MiB).
+pub const ALIGNMENT_SECTORS: u64 = 2048;
+
+/// Entries in each partition entry array, so the most partitions an image holds.
+pub const MAX_PARTITIONS: usize = 128;
+
+/// The longest partition name, in UTF-16 code units.
+pub const MAX_NAME_UNITS: usize = 36;
+
+/// Partition type GUID "Linux filesystem data", given to every partition.
+pub const LINUX_FILESYSTEM_DATA: Guid = Guid([
+    0x0F, 0xC6, 0x3D, 0xAF, 0x84, 0x83, 0x47, 0x72, 0x8E, 0x79, 0x3D, 0x69, 0xD8, 0x47, 0x7D, 0xE4,
+]);
+
+const MIB: u64 = 1 << 20;
+const ENTRY_SIZE: usize = 128;
+const ENTRY_ARRAY_BYTES: usize = MAX_PARTITIONS * ENTRY_SIZE;
+/// Sectors taken by one partition entry array (32).
+const ENTRY_ARRAY_SECTORS: u64 = ENTRY_ARRAY_BYTES as u64 / SECTOR_SIZE;
+const HEADER_SIZE: usize = 92;
+const SIGNATURE: &[u8; 8] = b"EFI PART";
+const REVISION_1_0: u32 = 0x0001_0000;
+/// First usable LBA after the protective MBR, the header and the entries.
+const FIRST_USABLE_LBA: u64 = 2 + ENTRY_ARRAY_SECTORS;
+/// Domain separation for the digests the GUIDs come from; bumped if the derivation changes.
+const GUID_DOMAIN: &[u8] = b"applbuild-gpt-v1\0";
+
+/// What can go wrong while writing an image; each variant names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskImageError {
+    /// A partition's source file could not be opened or read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The source file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// A source file got shorter while it was copied.
+    #[error(
+        "{path} shrank while it was copied into a disk image: expected {expected} bytes, read {actual}"
+    )]
+    SourceShrank {
+        /// The source file.
+        path: PathBuf,
+        /// Its size when the layout was made.
+        expected: u64,
+        /// Bytes that could be read.
+        actual: u64,
+    },
+    /// The image file could not be created or written.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The image file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// More partitions than a GPT entry array holds.
+    #[error("{path}: {count} partitions asked for; a GPT holds at most {MAX_PARTITIONS}")]
+    TooManyPartitions {
+        /// The image file.
+        path: PathBuf,
+        /// Partitions asked for.
+        count: usize,
+    },
+    /// A partition name does not fit its 72-byte field.
+    #[error(
+        "{path}: partition name `{name}` is {units} UTF-16 code units long; GPT allows at most {MAX_NAME_UNITS}"
+    )]
+    NameTooLong {
+        /// The image file.
+        path: PathBuf,
+        /// The name.
+        name: String,
+        /// Its length in UTF-16 code units.
+        units: usize,
+    },
+    /// The partitions add up to more bytes than a file offset can address.
+    #[error("{path}: partition `{name}` of {bytes} bytes does not fit in a disk image")]
+    TooLarge {
+        /// The image file.
+        path: PathBuf,
+        /// The partition.
+        name: String,
+        /// Its content size.
+        bytes: u64,
+    },
+}
+
+/// A GUID, held in RFC 4122 byte order (the order it is printed in).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Guid(pub [u8; 16]);
+
+impl Guid {
+    /// A version 4, RFC 4122 variant GUID made from the first 16 bytes of
+    /// `digest` (which must have at least 16): random-looking but reproducible.
+    pub fn from_digest(digest: &[u8]) -> Self {
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&digest[..16]);
+        bytes[6] = (bytes[6] & 0x0F) | 0x40;
+        bytes[8] = (bytes[8] & 0x3F) | 0x80;
+        Self(bytes)
+    }
+
+    /// The 16 bytes as GPT stores them: the first three fields
+    /// little-endian, the last two as they are.
+    pub fn to_gpt_bytes(self) -> [u8; 16] {
+        let mut out = self.0;
+        out[0..4].reverse();
+        out[4..6].reverse();
+        out[6..8].reverse();
+        out
+    }
+
+    /// Reads a GUID stored in GPT's mixed-endian order.
+    pub fn from_gpt_bytes(stored: [u8; 16]) -> Self {
+        // The swap is its own inverse.
+        Self(Self(stored).to_gpt_bytes())
+    }
+}
+
+impl fmt::Display for Guid {
+    /// `0FC63DAF-8483-4772-8E79-3D69D8477DE4` (upper case, as sfdisk prints them).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (index, byte) in self.0.iter().enumerate() {
+            if matches!(index, 4 | 6 | 8 | 10) {
+                f.write_str("-")?;
+            }
+            write!(f, "{byte:02X}")?;
+        }
+        Ok(())
+    }
+}
+
+/// One partition's name and content.
+#[derive(Debug, Clone, Copy)]
+pub struct PartitionContent<'a> {
+    /// GPT partition name (at most [`MAX_NAME_UNITS`] UTF-16 code units).
+    pub name: &'a str,
+    /// What the partition holds.
+    pub source: PartitionSource<'a>,
+}
+
+/// Where a partition's bytes come from.
+#[derive(Debug, Clone, Copy)]
+pub enum PartitionSource<'a> {
+    /// The contents of this file, followed by zeros up to the next MiB.
+    File(&'a Path),
+    /// This many zero bytes (rounded up to whole MiB), left as a hole.
+    Zeros {
+        /// Size in bytes.
+        bytes: u64,
+    },
+}
+
+/// Where one partition ended up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionLayout {
+    /// Partition number, from 1 (`/dev/vdb1` for the first).
+    pub number: u32,
+    /// GPT partition name.
+    pub name: String,
+    /// First sector.
+    pub first_lba: u64,
+    /// Last sector (inclusive, as GPT records it).
+    pub last_lba: u64,
+    /// Size of the partition in bytes (a whole number of MiB).
+    pub size_bytes: u64,
+    /// Bytes of content at its start; the rest is zeros.
+    pub content_bytes: u64,
+    /// The partition's unique GUID.
+    pub guid: Guid,
+}
+
+impl PartitionLayout {
+    /// Byte offset of the partition in the image.
+    pub fn offset_bytes(&self) -> u64 {
+        self.first_lba * SECTOR_SIZE
+    }
+}
+
+/// The layout of a written image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskLayout {
+    /// Sectors in the image; the backup GPT header is the last one.
+    pub total_lbas: u64,
+    /// Size of the image file in bytes.
+    pub total_bytes: u64,
+    /// The disk GUID.
+    pub disk_guid: Guid,
+    /// The partitions, in table order.
+    pub partitions: Vec<PartitionLayout>,
+}
+
+/// A partition's source, opened, with the size its layout is made from.
+struct OpenedSource<'a> {
+    content: &'a PartitionContent<'a>,
+    file: Option<File>,
+    bytes: u64,
+}
+
+/// Writes `partitions`, in order, as a GPT disk image at `path` (created or
+/// truncated). The file is written in place; on error it may be left
+/// incomplete, so write into a staging folder.
+pub fn write_gpt_image(
+    path: &Path,
+    partitions: &[PartitionContent],
+) -> Result<DiskLayout, DiskImageError> {
+    if partitions.len() > MAX_PARTITIONS {
+        return Err(DiskImageError::TooManyPartitions {
+            path: path.to_path_buf(),
+            count: partitions.len(),
+        });
+    }
+    let mut sources = Vec::with_capacity(partitions.len());
+    for content in partitions {
+        let units = content.name.encode_utf16().count();
+        if units > MAX_NAME_UNITS {
+            return Err(DiskImageError::NameTooLong {
+                path: path.to_path_buf(),
+                name: content.name.into(),
+                units,
+            });
+        }
+        sources.push(match content.source {
+            PartitionSource::File(source) => {
+                let read_error = |error| DiskImageError::Read {
+                    path: source.to_path_buf(),
+                    source: error,
+                };
+                let file = File::open(source).map_err(read_error)?;
+                let bytes = file.metadata().map_err(read_error)?.len();
+                OpenedSource {
+                    content,
+                    file: Some(file),
+                    bytes,
+                }
+            }
+            PartitionSource::Zeros { bytes } => OpenedSource {
+                content,
+                file: None,
+                bytes,
+            },
+        });
+    }
+
+    // Partition extents: each starts where the previous ended, which is
+    // always on a MiB boundary since every size is a whole number of MiB.
+    let too_large = |source: &OpenedSource| DiskImageError::TooLarge {
+        path: path.to_path_buf(),
+        name: source.content.name.into(),
+        bytes: source.bytes,
+    };
+    let mut extents = Vec::with_capacity(sources.len());
+    let mut next_lba = ALIGNMENT_SECTORS;
+    for source in &sources {
+        let sectors = mib_sectors(source.bytes).ok_or_else(|| too_large(source))?;
+        let end = next_lba
+            .checked_add(sectors)
+            .ok_or_else(|| too_large(source))?;
+        extents.push((next_lba, end - 1));
+        next_lba = end;
+    }
+    let total_lbas = next_lba + 1 + ENTRY_ARRAY_SECTORS;
+    let total_bytes = total_lbas
+        .checked_mul(SECTOR_SIZE)
+        .filter(|bytes| i64::try_from(*bytes).is_ok())
+        .ok_or_else(|| too_large(sources.last().expect("only partitions overflow")))?;
+
+    let write_error = |source| DiskImageError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let image = File::create(path).map_err(write_error)?;
+    image.set_len(total_bytes).map_err(write_error)?;
+    image
+        .write_all_at(&protective_mbr(total_lbas), 0)
+        .map_err(write_error)?;
+
+    let mut layouts = Vec::with_capacity(sources.len());
+    let mut disk_hasher = Sha256::new();
+    disk_hasher.update(GUID_DOMAIN);
+    disk_hasher.update(b"disk\0");
+    for (index, (source, &(first_lba, last_lba))) in sources.iter_mut().zip(&extents).enumerate() {
+        let number = u32::try_from(index + 1).expect("at most 128 partitions");
+        let content_id = match (&mut source.file, source.content.source) {
+            (Some(file), PartitionSource::File(from)) => {
+                let sha256 = copy_into(
+                    file,
+                    from,
+                    source.bytes,
+                    &image,
+                    path,
+                    first_lba * SECTOR_SIZE,
+                )?;
+                format!("file {} {sha256}", source.bytes)
+            }
+            _ => format!("zeros {}", source.bytes),
+        };
+        let mut hasher = Sha256::new();
+        hasher.update(GUID_DOMAIN);
+        hasher.update(format!(
+            "partition\0{number}\0{}\0{content_id}",
+            source.content.name
+        ));
+        let digest = hasher.finalize();
+        disk_hasher.update(digest);
+        layouts.push(PartitionLayout {
+            number,
+            name: source.content.name.into(),
+            first_lba,
+            last_lba,
+            size_bytes: (last_lba - first_lba + 1) * SECTOR_SIZE,
+            content_bytes: source.bytes,
+            guid: Guid::from_digest(&digest),
+        });
+    }
+    let disk_guid = Guid::from_digest(&disk_hasher.finalize());
+
+    let entries = entry_array(&layouts);
+    let entries_crc = crc32fast::hash(&entries);
+    let last_lba = total_lbas - 1;
+    let backup_entries_lba = last_lba - ENTRY_ARRAY_SECTORS;
+    let header = |my_lba: u64, alternate_lba: u64, entries_lba: u64| {
+        gpt_header(&HeaderFields {
+            my_lba,
+            alternate_lba,
+            last_usable_lba: backup_entries_lba - 1,
+            disk_guid,
+            entries_lba,
+            entries_crc,
+        })
+    };
+    for (bytes, lba) in [
+        (entries.as_slice(), 2),
+        (&header(1, last_lba, 2)[..], 1),
+        (entries.as_slice(), backup_entries_lba),
+        (&header(last_lba, 1, backup_entries_lba)[..], last_lba),
+    ] {
+        image
+            .write_all_at(bytes, lba * SECTOR_SIZE)
+            .map_err(write_error)?;
+    }
+    Ok(DiskLayout {
+        total_lbas,
+        total_bytes,
+        disk_guid,
+        partitions: layouts,
+    })
+}
+
+/// Sectors of a partition holding `bytes`: whole MiB, at least one.
+fn mib_sectors(bytes: u64) -> Option<u64> {
+    let mib = bytes.max(1).div_ceil(MIB);
+    mib.checked_mul(ALIGNMENT_SECTORS)
+}
+
+/// Copies `bytes` bytes of `file` (opened from `from`) into `image` at
+/// `offset`, and returns their SHA-256 in hex. Blocks of zeros are skipped,
+/// so they stay holes.
+fn copy_into(
+    file: &mut File,
+    from: &Path,
+    bytes: u64,
+    image: &File,
+    image_path: &Path,
+    offset: u64,
+) -> Result<String, DiskImageError> {
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut copied = 0u64;
+    let mut reader = file.take(bytes);
+    loop {
+        let read = match reader.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(read) => read,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(source) => {
+                return Err(DiskImageError::Read {
+                    path: from.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        let chunk = &buffer[..read];
+        hasher.update(chunk);
+        if chunk.iter().any(|&byte| byte != 0) {
+            image
+                .write_all_at(chunk, offset + copied)
+                .map_err(|source| DiskImageError::Write {
+                    path: image_path.to_path_buf(),
+                    source,
+                })?;
+        }
+        copied += read as u64;
+    }
+    if copied != bytes {
+        return Err(DiskImageError::SourceShrank {
+            path: from.to_path_buf(),
+            expected: bytes,
+            actual: copied,
+        });
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// LBA 0: no boot code, one partition of type 0xEE covering the disk (as
+/// far as 32 bits reach), signature 0x55AA.
+fn protective_mbr(total_lbas: u64) -> [u8; 512] {
+    let mut mbr = [0u8; 512];
+    let entry = &mut mbr[446..462];
+    entry[0] = 0x00; // not bootable
+    entry[1..4].copy_from_slice(&[0x00, 0x02, 0x00]); // CHS of LBA 1
+    entry[4] = 0xEE;
+    entry[5..8].copy_from_slice(&[0xFF, 0xFF, 0xFF]); // CHS beyond reach
+    entry[8..12].copy_from_slice(&1u32.to_le_bytes());
+    let size = u32::try_from(total_lbas - 1).unwrap_or(u32::MAX);
+    entry[12..16].copy_from_slice(&size.to_le_bytes());
+    mbr[510] = 0x55;
+    mbr[511] = 0xAA;
+    mbr
+}
+
+/// The 128 entries of 128 bytes; unused entries are all zeros.
+fn entry_array(partitions: &[PartitionLayout]) -> Vec<u8> {
+    let mut entries = vec![0u8; ENTRY_ARRAY_BYTES];
+    for (entry, partition) in entries.chunks_exact_mut(ENTRY_SIZE).zip(partitions) {
+        entry[0..16].copy_from_slice(&LINUX_FILESYSTEM_DATA.to_gpt_bytes());
+        entry[16..32].copy_from_slice(&partition.guid.to_gpt_bytes());
+        entry[32..40].copy_from_slice(&partition.first_lba.to_le_bytes());
+        entry[40..48].copy_from_slice(&partition.last_lba.to_le_bytes());
+        // 48..56: attributes, none.
+        for (slot, unit) in entry[56..128]
+            .chunks_exact_mut(2)
+            .zip(partition.name.encode_utf16())
+        {
+            slot.copy_from_slice(&unit.to_le_bytes());
+        }
+    }
+    entries
+}
+
+/// The fields that differ between the primary and the backup header, and
+/// those computed from the partitions.
+struct HeaderFields {
+    my_lba: u64,
+    alternate_lba: u64,
+    last_usable_lba: u64,
+    disk_guid: Guid,
+    entries_lba: u64,
+    entries_crc: u32,
+}
+
+/// One GPT header sector, its CRC32 filled in.
+fn gpt_header(fields: &HeaderFields) -> [u8; 512] {
+    let mut sector = [0u8; 512];
+    let header = &mut sector[..HEADER_SIZE];
+    header[0..8].copy_from_slice(SIGNATURE);
+    header[8..12].copy_from_slice(&REVISION_1_0.to_le_bytes());
+    header[12..16].copy_from_slice(&(HEADER_SIZE as u32).to_le_bytes());
+    // 16..20: header CRC32, computed below with the field zero; 20..24 reserved.
+    header[24..32].copy_from_slice(&fields.my_lba.to_le_bytes());
+    header[32..40].copy_from_slice(&fields.alternate_lba.to_le_bytes());
+    header[40..48].copy_from_slice(&FIRST_USABLE_LBA.to_le_bytes());
+    header[48..56].copy_from_slice(&fields.last_usable_lba.to_le_bytes());
+    header[56..72].copy_from_slice(&fields.disk_guid.to_gpt_bytes());
+    header[72..80].copy_from_slice(&fields.entries_lba.to_le_bytes());
+    header[80..84].copy_from_slice(&(MAX_PARTITIONS as u32).to_le_bytes());
+    header[84..88].copy_from_slice(&(ENTRY_SIZE as u32).to_le_bytes());
+    header[88..92].copy_from_slice(&fields.entries_crc.to_le_bytes());
+    let crc = crc32fast::hash(header);
+    header[16..20].copy_from_slice(&crc.to_le_bytes());
+    sector
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KERNEL_BYTES: usize = 1_572_869; // 1.5 MiB + 5: rounds up to 2 MiB
+
+    fn u32_at(bytes: &[u8], offset: usize) -> u32 {
+        u32::from_le_bytes(bytes[offset..offset + 4].try_into().unwrap())
+    }
+
+    fn u64_at(bytes: &[u8], offset: usize) -> u64 {
+        u64::from_le_bytes(bytes[offset..offset + 8].try_into().unwrap())
+    }
+
+    fn sector(image: &[u8], lba: u64) -> &[u8] {
+        let start = (lba * SECTOR_SIZE) as usize;
+        &image[start..start + SECTOR_SIZE as usize]
+    }
+
+    /// Content that is not all zeros and has zero runs inside it.
+    fn kernel_content() -> Vec<u8> {
+        (0..KERNEL_BYTES)
+            .map(|i| {
+                if (i / 4096) % 3 == 1 {
+                    0
+                } else {
+                    (i % 251) as u8 + 1
+                }
+            })
+            .collect()
+    }
+
+    struct Sample {
+        dir: tempfile::TempDir,
+        layout: DiskLayout,
+        image: Vec<u8>,
+    }
+
+    impl Sample {
+        fn image_path(&self) -> PathBuf {
+            self.dir.path().join("disk.img")
+        }
+    }
+
+    /// kernel (1.5 MiB + 5 bytes), initrd (10 bytes), data (3 MiB of zeros).
+    fn sample() -> Sample {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = dir.path().join("vmlinuz");
+        let initrd = dir.path().join("initrd.img");
+        std::fs::write(&kernel, kernel_content()).unwrap();
+        std::fs::write(&initrd, b"0123456789").unwrap();
+        let path = dir.path().join("disk.img");
+        let layout = write_gpt_image(
+            &path,
+            &[
+                PartitionContent {
+                    name: "kernel",
+                    source: PartitionSource::File(&kernel),
+                },
+                PartitionContent {
+                    name: "initrd",
+                    source: PartitionSource::File(&initrd),
+                },
+                PartitionContent {
+                    name: "data",
+                    source: PartitionSource::Zeros { bytes: 3 * MIB },
+                },
+            ],
+        )
+        .unwrap();
+        let image = std::fs::read(&path).unwrap();
+        Sample { dir, layout, image }
+    }
+
+    fn header_crc_is_valid(header_sector: &[u8]) -> bool {
+        let size = u32_at(header_sector, 12) as usize;
+        let mut header = header_sector[..size].to_vec();
+        let stored = u32_at(&header, 16);
+        header[16..20].fill(0);
+        crc32fast::hash(&header) == stored
+    }
+
+    #[test]
+    fn partitions_are_mib_aligned_whole_mib_and_followed_by_the_backup() {
+        let Sample { layout, image, .. } = sample();
+        let extents: Vec<(&str, u64, u64, u64)> = layout
+            .partitions
+            .iter()
+            .map(|p| (p.name.as_str(), p.first_lba, p.last_lba, p.size_bytes))
+            .collect();
+        assert_eq!(
+            extents,
+            [
+                ("kernel", 2048, 6143, 2 * MIB),
+                ("initrd", 6144, 8191, MIB),
+                ("data", 8192, 14335, 3 * MIB),
+            ]
+        );
+        assert_eq!(
+            layout
+                .partitions
+                .iter()
+                .map(|p| (p.number, p.content_bytes))
+                .collect::<Vec<_>>(),
+            [(1, KERNEL_BYTES as u64), (2, 10), (3, 3 * MIB)]
+        );
+        for partition in &layout.partitions {
+            assert_eq!(partition.first_lba % ALIGNMENT_SECTORS, 0, "{partition:?}");
+            assert_eq!(partition.size_bytes % MIB, 0, "{partition:?}");
+        }
+        assert_eq!(layout.total_lbas, 14336 + 33);
+        assert_eq!(layout.total_bytes, layout.total_lbas * SECTOR_SIZE);
+        assert_eq!(image.len() as u64, layout.total_bytes);
+    }
+
+    #[test]
+    fn protective_mbr_covers_the_disk() {
+        let Sample { layout, image, .. } = sample();
+        let mbr = sector(&image, 0);
+        assert_eq!(&mbr[510..512], &[0x55, 0xAA]);
+        assert_eq!(mbr[446 + 4], 0xEE);
+        assert_eq!(u32_at(mbr, 446 + 8), 1);
+        assert_eq!(u64::from(u32_at(mbr, 446 + 12)), layout.total_lbas - 1);
+        assert!(mbr[462..510].iter().all(|&b| b == 0), "one MBR entry only");
+        assert!(mbr[..446].iter().all(|&b| b == 0), "no boot code");
+        // The size saturates for disks past 2 TiB.
+        assert_eq!(u32_at(&protective_mbr(1 << 40), 446 + 12), u32::MAX);
+    }
+
+    #[test]
+    fn primary_header_has_signature_fields_and_valid_crcs() {
+        let Sample { layout, image, .. } = sample();
+        let header = sector(&image, 1);
+        assert_eq!(&header[0..8], b"EFI PART");
+        assert_eq!(u32_at(header, 8), 0x0001_0000);
+        assert_eq!(u32_at(header, 12), 92);
+        assert!(header_crc_is_valid(header));
+        assert_eq!(u64_at(header, 24), 1);
+        assert_eq!(u64_at(header, 32), layout.total_lbas - 1);
+        assert_eq!(u64_at(header, 40), 34);
+        assert_eq!(u64_at(header, 48), layout.total_lbas - 34);
+        assert_eq!(u64_at(header, 48), layout.partitions[2].last_lba);
+        assert_eq!(
+            Guid::from_gpt_bytes(header[56..72].try_into().unwrap()),
+            layout.disk_guid
+        );
+        assert_eq!(u64_at(header, 72), 2);
+        assert_eq!(u32_at(header, 80), 128);
+        assert_eq!(u32_at(header, 84), 128);
+        let entries = &image[2 * 512..34 * 512];
+        assert_eq!(u32_at(header, 88), crc32fast::hash(entries));
+        assert!(header[92..].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn backup_header_at_the_last_lba_points_back() {
+        let Sample { layout, image, .. } = sample();
+        let last = layout.total_lbas - 1;
+        let primary = sector(&image, 1);
+        let backup = sector(&image, last);
+        assert_eq!(&backup[0..8], b"EFI PART");
+        assert!(header_crc_is_valid(backup));
+        assert_eq!(u64_at(backup, 24), last);
+        assert_eq!(u64_at(backup, 32), 1);
+        assert_eq!(u64_at(backup, 72), last - 32);
+        // Everything else is the primary's.
+        for range in [8..16, 40..72, 80..92] {
+            assert_eq!(backup[range.clone()], primary[range.clone()], "{range:?}");
+        }
+        let backup_entries = &image[((last - 32) * 512) as usize..(last * 512) as usize];
+        assert_eq!(backup_entries, &image[2 * 512..34 * 512]);
+        assert_eq!(u32_at(backup, 88), crc32fast::hash(backup_entries));
+    }
+
+    #[test]
+    fn entries_have_type_names_extents_and_distinct_v4_guids() {
+        let Sample { layout, image, .. } = sample();
+        let entries = &image[2 * 512..34 * 512];
+        let mut guids = vec![layout.disk_guid];
+        for (entry, partition) in entries.chunks_exact(128).zip(&layout.partitions) {
+            assert_eq!(
+                Guid::from_gpt_bytes(entry[0..16].try_into().unwrap()),
+                LINUX_FILESYSTEM_DATA
+            );
+            let guid = Guid::from_gpt_bytes(entry[16..32].try_into().unwrap());
+            assert_eq!(guid, partition.guid);
+            assert_eq!(u64_at(entry, 32), partition.first_lba);
+            assert_eq!(u64_at(entry, 40), partition.last_lba);
+            assert_eq!(u64_at(entry, 48), 0, "no attributes");
+            let units: Vec<u16> = entry[56..128]
+                .chunks_exact(2)
+                .map(|pair| u16::from_le_bytes([pair[0], pair[1]]))
+                .take_while(|&unit| unit != 0)
+                .collect();
+            assert_eq!(String::from_utf16(&units).unwrap(), partition.name);
+            guids.push(guid);
+        }
+        assert!(entries[3 * 128..].iter().all(|&b| b == 0), "unused entries");
+        for guid in &guids {
+            assert_eq!(guid.0[6] >> 4, 4, "version 4: {guid}");
+            assert_eq!(guid.0[8] >> 6, 0b10, "RFC 4122 variant: {guid}");
+        }
+        let mut unique = guids.clone();
+        unique.sort_by_key(|guid| guid.0);
+        unique.dedup();
+        assert_eq!(unique.len(), guids.len(), "{guids:?}");
+    }
+
+    #[test]
+    fn partition_holds_the_file_then_zeros() {
+        let Sample { layout, image, .. } = sample();
+        let kernel = &layout.partitions[0];
+        let start = kernel.offset_bytes() as usize;
+        let end = start + kernel.size_bytes as usize;
+        assert_eq!(&image[start..start + KERNEL_BYTES], kernel_content());
+        assert!(image[start + KERNEL_BYTES..end].iter().all(|&b| b == 0));
+        let initrd = &layout.partitions[1];
+        let start = initrd.offset_bytes() as usize;
+        assert_eq!(&image[start..start + 10], b"0123456789");
+        let data = &layout.partitions[2];
+        let start = data.offset_bytes() as usize;
+        assert!(
+            image[start..start + data.size_bytes as usize]
+                .iter()
+                .all(|&b| b == 0)
+        );
+        // The gap between the entries and the first partition is zero too.
+        assert!(image[34 * 512..2048 * 512].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn same_inputs_give_identical_bytes_and_other_content_other_guids() {
+        let first = sample();
+        let second = sample();
+        assert!(first.image == second.image, "two writes differ");
+        assert_eq!(first.layout, second.layout);
+
+        let kernel = first.dir.path().join("vmlinuz");
+        let mut changed = kernel_content();
+        changed[0] ^= 0xFF;
+        std::fs::write(&kernel, changed).unwrap();
+        let layout = write_gpt_image(
+            &first.image_path(),
+            &[
+                PartitionContent {
+                    name: "kernel",
+                    source: PartitionSource::File(&kernel),
+                },
+                PartitionContent {
+                    name: "initrd",
+                    source: PartitionSource::File(&first.dir.path().join("initrd.img")),
+                },
+                PartitionContent {
+                    name: "data",
+                    source: PartitionSource::Zeros { bytes: 3 * MIB },
+                },
+            ],
+        )
+        .unwrap();
+        assert_ne!(layout.disk_guid, first.layout.disk_guid);
+        assert_ne!(layout.partitions[0].guid, first.layout.partitions[0].guid);
+        assert_eq!(layout.partitions[1].guid, first.layout.partitions[1].guid);
+    }
+
+    #[test]
+    fn rewriting_over_a_larger_file_truncates_it() {
+        let sample = sample();
+        let path = sample.image_path();
+        std::fs::write(&path, vec![0xAB; 20 << 20]).unwrap();
+        let layout = write_gpt_image(
+            &path,
+            &[PartitionContent {
+                name: "data",
+                source: PartitionSource::Zeros { bytes: 0 },
+            }],
+        )
+        .unwrap();
+        let image = std::fs::read(&path).unwrap();
+        assert_eq!(image.len() as u64, layout.total_bytes);
+        assert_eq!(layout.partitions[0].size_bytes, MIB, "at least 1 MiB");
+        let data = &layout.partitions[0];
+        let start = data.offset_bytes() as usize;
+        assert!(image[start..start + MIB as usize].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn guid_text_and_gpt_encoding() {
+        assert_eq!(
+            LINUX_FILESYSTEM_DATA.to_string(),
+            "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
+        );
+        assert_eq!(
+            LINUX_FILESYSTEM_DATA.to_gpt_bytes(),
+            [
+                0xAF, 0x3D, 0xC6, 0x0F, 0x83, 0x84, 0x72, 0x47, 0x8E, 0x79, 0x3D, 0x69, 0xD8, 0x47,
+                0x7D, 0xE4
+            ]
+        );
+        let guid = Guid::from_digest(&[0xFF; 32]);
+        assert_eq!(guid.to_string(), "FFFFFFFF-FFFF-4FFF-BFFF-FFFFFFFFFFFF");
+    }
+
+    #[test]
+    fn bad_inputs_are_refused_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk.img");
+        let missing = dir.path().join("no-such-kernel");
+        let error = write_gpt_image(
+            &path,
+            &[PartitionContent {
+                name: "kernel",
+                source: PartitionSource::File(&missing),
+            }],
+        )
+        .unwrap_err();
+        assert!(matches!(error, DiskImageError::Read { .. }), "{error}");
+        assert!(error.to_string().contains("no-such-kernel"), "{error}");
+
+        let long = "x".repeat(37);
+        let error = write_gpt_image(
+            &path,
+            &[PartitionContent {
+                name: &long,
+                source: PartitionSource::Zeros { bytes: 1 },
+            }],
+        )
+        .unwrap_err();
+        assert!(matches!(
+            error,
+            DiskImageError::NameTooLong { units: 37, .. }
+        ));
+        assert!(error.to_string().contains("disk.img"), "{error}");
+
+        let many = vec![
+            PartitionContent {
+                name: "p",
+                source: PartitionSource::Zeros { bytes: 1 },
+            };
+            129
+        ];
+        let error = write_gpt_image(&path, &many).unwrap_err();
+        assert!(matches!(
+            error,
+            DiskImageError::TooManyPartitions { count: 129, .. }
+        ));
+
+        let error = write_gpt_image(
+            &path,
+            &[PartitionContent {
+                name: "huge",
+                source: PartitionSource::Zeros { bytes: u64::MAX },
+            }],
+        )
+        .unwrap_err();
+        assert!(matches!(error, DiskImageError::TooLarge { .. }), "{error}");
+
+        let error = write_gpt_image(&dir.path().join("no/such/dir/disk.img"), &[]).unwrap_err();
+        assert!(matches!(error, DiskImageError::Write { .. }), "{error}");
+        assert!(
+            error.to_string().contains("no/such/dir/disk.img"),
+            "{error}"
+        );
+    }
+
+    /// `sfdisk` from util-linux (Debian package `fdisk`), on PATH or in the
+    /// sbin folders a non-root PATH lacks. Missing: fails under CI=true,
+    /// else `None` after a SKIPPED line.
+    fn sfdisk() -> Option<PathBuf> {
+        let found = std::env::var_os("PATH")
+            .into_iter()
+            .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+            .chain(["/usr/sbin".into(), "/sbin".into()])
+            .map(|dir| dir.join("sfdisk"))
+            .find(|candidate| candidate.is_file());
+        if found.is_none() {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "sfdisk is missing: run scripts/host-setup (Debian package fdisk)"
+            );
+            eprintln!("SKIPPED: sfdisk is not installed (scripts/host-setup installs fdisk)");
+        }
+        found
+    }
+
+    /// util-linux must read the table we write: three partitions where we
+    /// put them, with our names, type and GUIDs, and no complaint.
+    #[test]
+    fn sfdisk_reads_the_partition_table() {
+        let Some(sfdisk) = sfdisk() else {
+            return;
+        };
+        let sample = sample();
+        let path = sample.image_path();
+
+        let verify = std::process::Command::new(&sfdisk)
+            .arg("--verify")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let verify_out = String::from_utf8_lossy(&verify.stdout);
+        let verify_err = String::from_utf8_lossy(&verify.stderr);
+        assert!(verify.status.success(), "{verify_out}{verify_err}");
+        assert!(
+            verify_out.contains("No errors detected"),
+            "{verify_out}{verify_err}"
+        );
+        assert!(verify_err.trim().is_empty(), "{verify_err}");
+
+        let dump = std::process::Command::new(&sfdisk)
+            .arg("--json")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&dump.stderr);
+        assert!(dump.status.success(), "{stderr}");
+        assert!(stderr.trim().is_empty(), "{stderr}");
+        let json: serde_json::Value = serde_json::from_slice(&dump.stdout).unwrap();
+        let table = &json["partitiontable"];
+        assert_eq!(table["label"], "gpt", "{json}");
+        assert_eq!(table["unit"], "sectors", "{json}");
+        assert_eq!(table["firstlba"], 34, "{json}");
+        assert_eq!(table["lastlba"], sample.layout.total_lbas - 34, "{json}");
+        assert_eq!(table["id"], sample.layout.disk_guid.to_string(), "{json}");
+        let partitions = table["partitions"].as_array().unwrap();
+        assert_eq!(partitions.len(), 3, "{json}");
+        for (read, written) in partitions.iter().zip(&sample.layout.partitions) {
+            assert_eq!(read["start"], written.first_lba, "{json}");
+            assert_eq!(read["size"], written.size_bytes / SECTOR_SIZE, "{json}");
+            assert_eq!(read["name"], written.name.as_str(), "{json}");
+            assert_eq!(read["type"], LINUX_FILESYSTEM_DATA.to_string(), "{json}");
+            assert_eq!(read["uuid"], written.guid.to_string(), "{json}");
+        }
+    }
+}
