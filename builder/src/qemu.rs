@@ -357,13 +357,17 @@ impl Drop for RunningVm {
     }
 }
 
-/// Console lines that mean the guest kernel is in trouble.
+/// Console lines that mean the guest kernel is in trouble. I/O errors are
+/// the block layer's (`I/O error, dev sdb, sector …`, `Buffer I/O error on
+/// dev dm-0`), not daemons' messages such as iscsid's "Login I/O error",
+/// which it prints before retrying a login.
 pub const FATAL_CONSOLE_PATTERNS: &[&str] = &[
     "Kernel panic",
     "Oops:",
     "BUG:",
     "blocked for more than",
-    "I/O error",
+    "I/O error, dev ",
+    "Buffer I/O error on dev",
     "Call Trace:",
 ];
 
@@ -535,6 +539,11 @@ mod tests {
         let console = "ok\n[ 1.0] Kernel panic - not syncing\n[ 2.0] blk_update_request: I/O error, dev sdb\nfine\n";
         assert_eq!(fatal_lines(console).len(), 2);
         assert!(fatal_lines("APPLBUILD-READY\n").is_empty());
+        assert_eq!(
+            fatal_lines("Buffer I/O error on dev dm-0, logical block 0\n").len(),
+            1
+        );
+        assert!(fatal_lines("iscsid: Login I/O error, failed to send a PDU\n").is_empty());
     }
 
     #[test]

@@ -99,7 +99,7 @@ fn qemu_command(loaded: &LoadedProfile, alias: &str, accel: GuestAccel) -> Resul
     };
     Ok(format!(
         "cat {kernel} > {RUN_DIR}/vmlinuz && cat {initrd} > {RUN_DIR}/initrd.img && \
-         qemu-system-x86_64 -name {GUEST} -machine q35 -nodefaults -no-user-config \
+         setsid qemu-system-x86_64 -name {GUEST} -machine q35 -nodefaults -no-user-config \
          -m {memory} -smp {cpus} {accel} \
          -kernel {RUN_DIR}/vmlinuz -initrd {RUN_DIR}/initrd.img -append '{cmdline}' \
          -drive file={map},if=none,id=disk0,format=raw,cache=none,aio=threads \
@@ -107,7 +107,8 @@ fn qemu_command(loaded: &LoadedProfile, alias: &str, accel: GuestAccel) -> Resul
          -netdev tap,id=net0,ifname={TAP},script=no,downscript=no \
          -device virtio-net-pci,netdev=net0,mac={mac},romfile= \
          -device virtio-rng-pci -display none -monitor none \
-         -serial file:{RUN_DIR}/console.log -daemonize -pidfile {RUN_DIR}/qemu.pid",
+         -serial file:{RUN_DIR}/console.log -pidfile {RUN_DIR}/qemu.pid \
+         </dev/null >{RUN_DIR}/qemu.log 2>&1 &",
         memory = profile.qemu.memory_mib,
         cpus = profile.qemu.cpus,
         kernel = map_partition(alias, 1),
@@ -164,6 +165,22 @@ impl Guest {
              ip tuntap add dev {TAP} mode tap && ip link set {TAP} master br0 && \
              ip link set {TAP} up && {command}"
         ))?;
+        // QEMU runs in the background (its errors in qemu.log); it writes
+        // the pid file once it has started the machine.
+        let started_qemu = wait_until(scale.secs(30), Duration::from_millis(500), || {
+            hypervisor
+                .exec(
+                    &format!("test -s {RUN_DIR}/qemu.pid"),
+                    Duration::from_secs(10),
+                )
+                .is_ok_and(|output| output.success())
+        });
+        if !started_qemu {
+            let log = hypervisor
+                .sh(&format!("cat {RUN_DIR}/qemu.log"))
+                .unwrap_or_default();
+            bail!("the guest's QEMU did not start:\n{log}");
+        }
         // A guest boots several times slower nested than on the host.
         let timeout = scale.secs(150);
         let mut alive = true;
@@ -186,7 +203,9 @@ impl Guest {
         let boot_to_ready_s = started.elapsed().as_secs_f64();
         if !ready || !alive {
             let console = hypervisor
-                .sh(&format!("tail -n 30 {RUN_DIR}/console.log"))
+                .sh(&format!(
+                    "tail -n 30 {RUN_DIR}/console.log; echo '--- qemu.log'; cat {RUN_DIR}/qemu.log"
+                ))
                 .unwrap_or_default();
             bail!(
                 "the guest ({accel:?}) {} within {timeout:?}; last console lines:\n{console}",

@@ -438,6 +438,16 @@ pub fn run_one(cluster: &mut Cluster, scenario: &Scenario) -> ScenarioReport {
         Outcome::Failed
     };
     if !problems.is_empty() {
+        if ctx.cluster.guest.is_some() {
+            let state = ctx
+                .cluster
+                .hypervisor
+                .exec(GUEST_DIAGNOSTICS, Duration::from_secs(30));
+            match state {
+                Ok(output) => ctx.keep("guest VM state in the hypervisor", &output.stdout),
+                Err(error) => ctx.keep("guest VM state in the hypervisor", &format!("{error:#}")),
+            }
+        }
         report.detail = Some(problems.join("\n"));
         let artifacts = ctx.cluster.artifacts.clone();
         let file = artifacts.join(format!("{}-outputs.txt", scenario.id));
@@ -456,6 +466,13 @@ pub fn run_one(cluster: &mut Cluster, scenario: &Scenario) -> ScenarioReport {
     report.seconds = started.elapsed().as_secs_f64();
     report
 }
+
+/// What the hypervisor node says about the guest VM when a scenario fails:
+/// whether its QEMU runs, its console's end, the kernel's last lines.
+const GUEST_DIAGNOSTICS: &str = "echo \"qemu pid $(cat /run/applbuild-vm/qemu.pid 2>/dev/null)\"; \
+    ps | grep [q]emu-system; echo '--- qemu.log'; cat /run/applbuild-vm/qemu.log; \
+    echo '--- guest console'; tail -n 30 /run/applbuild-vm/console.log; \
+    echo '--- hypervisor dmesg'; dmesg | tail -n 40; true";
 
 /// Runs `command` on `node`, failing with its output unless it exits 0.
 pub fn must(node: &mut Node, command: &str) -> Result<String> {
