@@ -17,8 +17,6 @@ pub enum Outcome {
     Passed,
     /// An assertion failed or the scenario could not run to its end.
     Failed,
-    /// The suite has no implementation of it yet.
-    NotImplemented,
     /// Not run: not selected, or the cluster did not boot.
     Skipped,
 }
@@ -28,7 +26,6 @@ impl Outcome {
         match self {
             Outcome::Passed => "pass",
             Outcome::Failed => "FAIL",
-            Outcome::NotImplemented => "not implemented",
             Outcome::Skipped => "skipped",
         }
     }
@@ -69,8 +66,6 @@ pub struct SuiteReport {
     /// See `passed`.
     pub failed: usize,
     /// See `passed`.
-    pub not_implemented: usize,
-    /// See `passed`.
     pub skipped: usize,
     /// Problems outside any scenario (boot failure, console errors at boot).
     pub errors: Vec<String>,
@@ -87,7 +82,6 @@ impl SuiteReport {
         };
         self.passed = count(Outcome::Passed);
         self.failed = count(Outcome::Failed);
-        self.not_implemented = count(Outcome::NotImplemented);
         self.skipped = count(Outcome::Skipped);
     }
 
@@ -142,9 +136,6 @@ impl SuiteReport {
             "total {:.0} s\n{} passed, {} failed",
             self.total_seconds, self.passed, self.failed
         ));
-        if self.not_implemented > 0 {
-            text.push_str(&format!(", {} not implemented", self.not_implemented));
-        }
         if self.skipped > 0 {
             text.push_str(&format!(", {} skipped", self.skipped));
         }
@@ -156,8 +147,8 @@ impl SuiteReport {
         write_file(path, &serde_json::to_string_pretty(self)?)
     }
 
-    /// Writes JUnit XML: one test case per scenario; not-implemented and
-    /// skipped ones are `<skipped>` with the reason.
+    /// Writes JUnit XML: one test case per scenario; skipped ones are
+    /// `<skipped>` with the reason.
     pub fn write_junit(&self, path: &Path) -> Result<()> {
         let mut suite = TestSuite::new("applbuild-failover");
         for scenario in &self.scenarios {
@@ -169,11 +160,6 @@ impl SuiteReport {
                         status.set_message(detail.lines().next().unwrap_or_default());
                         status.set_description(detail.as_str());
                     }
-                    status
-                }
-                Outcome::NotImplemented => {
-                    let mut status = TestCaseStatus::skipped();
-                    status.set_message("not implemented");
                     status
                 }
                 Outcome::Skipped => {
@@ -263,12 +249,11 @@ mod tests {
             scenarios: vec![
                 scenario("S1", Outcome::Passed),
                 scenario("S7", Outcome::Failed),
-                scenario("S6", Outcome::NotImplemented),
+                scenario("S6", Outcome::Skipped),
             ],
             total_seconds: 100.0,
             passed: 0,
             failed: 0,
-            not_implemented: 0,
             skipped: 0,
             errors: vec![],
         };
@@ -276,7 +261,7 @@ mod tests {
         let table = report.table();
         assert_eq!(
             table.lines().last().unwrap(),
-            "1 passed, 1 failed, 1 not implemented"
+            "1 passed, 1 failed, 1 skipped"
         );
         assert!(table.contains("detect_s=4.25"), "{table}");
         assert!(report.failed_overall());
@@ -285,7 +270,7 @@ mod tests {
         report.write_junit(&junit).unwrap();
         let xml = std::fs::read_to_string(&junit).unwrap();
         assert_eq!(xml.matches("<testcase ").count(), 3, "{xml}");
-        assert!(xml.contains("not implemented"), "{xml}");
+        assert!(xml.contains("<skipped"), "{xml}");
         assert!(xml.contains("paths still active"), "{xml}");
         report.write_json(&dir.join("summary.json")).unwrap();
         let _ = std::fs::remove_dir_all(dir);
