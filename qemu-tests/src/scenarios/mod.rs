@@ -439,6 +439,16 @@ pub fn run_one(cluster: &mut Cluster, scenario: &Scenario) -> ScenarioReport {
                 Ok(output) => ctx.keep("guest VM state in the hypervisor", &output.stdout),
                 Err(error) => ctx.keep("guest VM state in the hypervisor", &format!("{error:#}")),
             }
+            // Where a stuck write waits: in the guest's disk queue, or in
+            // the hypervisor's map.
+            let probe = ctx.cluster.guest_exec(
+                "cat /proc/loadavg /sys/block/vda/inflight; ps",
+                Duration::from_secs(10),
+            );
+            match probe {
+                Ok(output) => ctx.keep("guest: load, vda in flight, processes", &output.stdout),
+                Err(error) => ctx.keep("guest: no answer", &format!("{error:#}")),
+            }
         }
         report.detail = Some(problems.join("\n"));
         let artifacts = ctx.cluster.artifacts.clone();
@@ -464,6 +474,7 @@ pub fn run_one(cluster: &mut Cluster, scenario: &Scenario) -> ScenarioReport {
 const GUEST_DIAGNOSTICS: &str = "echo \"qemu pid $(cat /run/applbuild-vm/qemu.pid 2>/dev/null)\"; \
     ps | grep [q]emu-system; echo '--- qemu.log'; cat /run/applbuild-vm/qemu.log; \
     echo '--- guest console'; tail -n 30 /run/applbuild-vm/console.log; \
+    echo '--- map in flight'; cat /sys/block/dm-0/inflight; \
     echo '--- hypervisor dmesg'; dmesg | tail -n 40; true";
 
 /// Runs `command` on `node`, failing with its output unless it exits 0.
