@@ -393,22 +393,26 @@ impl Cluster {
         Ok(scan)
     }
 
-    /// Runs a command in the guest (see [`Guest::exec`]).
-    pub fn guest_exec(&mut self, command: &str, timeout: Duration) -> Result<ExecOutput> {
+    /// The running guest and the node it runs in (its commands go through
+    /// that node).
+    fn guest_and_host(&mut self) -> Result<(&Guest, &mut Node)> {
         let guest = self
             .guest
             .as_ref()
             .ok_or_else(|| anyhow!("the guest VM is not running (S6 starts it)"))?;
-        guest.exec(&mut self.hypervisor, command, timeout)
+        Ok((guest, &mut self.hypervisor))
+    }
+
+    /// Runs a command in the guest (see [`Guest::exec`]).
+    pub fn guest_exec(&mut self, command: &str, timeout: Duration) -> Result<ExecOutput> {
+        let (guest, host) = self.guest_and_host()?;
+        guest.exec(host, command, timeout)
     }
 
     /// Runs a command in the guest that must succeed; returns its output.
     pub fn guest_sh(&mut self, command: &str) -> Result<String> {
-        let guest = self
-            .guest
-            .as_ref()
-            .ok_or_else(|| anyhow!("the guest VM is not running (S6 starts it)"))?;
-        guest.sh(&mut self.hypervisor, command)
+        let (guest, host) = self.guest_and_host()?;
+        guest.sh(host, command)
     }
 
     /// Replugs every cable (after a scenario, whatever happened in it).
