@@ -51,6 +51,11 @@ struct Cli {
     /// and wait for Enter (or Ctrl-C) before stopping them.
     #[arg(long)]
     keep: bool,
+    /// Run a failed scenario again up to N times, on a freshly booted guest
+    /// VM. A pass on a retry is reported as flaky (in the table, the JSON
+    /// and as <flakyFailure> in JUnit), not hidden. `scripts/test` uses 1.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    retries: u32,
     /// Folder of the built images (built there first when missing or stale).
     #[arg(long, default_value = "target/applbuild-images", value_name = "DIR")]
     images: PathBuf,
@@ -159,6 +164,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         scenarios: Vec::new(),
         total_seconds: 0.0,
         passed: 0,
+        flaky: 0,
         failed: 0,
         skipped: 0,
         errors: Vec::new(),
@@ -212,7 +218,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             (None, true) => skipped(scenario, "the cluster did not boot"),
             (Some(cluster), true) => {
                 eprintln!("applbuild-test: {} {} …", scenario.id, scenario.title);
-                let report = scenarios::run_one(cluster, scenario);
+                let report = scenarios::run_with_retries(cluster, scenario, cli.retries);
                 eprintln!(
                     "applbuild-test: {} {:?} in {:.1} s {:?}",
                     scenario.id, report.outcome, report.seconds, report.timings
@@ -272,5 +278,6 @@ fn skipped(scenario: &scenarios::Scenario, why: &str) -> ScenarioReport {
         timings: BTreeMap::new(),
         detail: Some(why.into()),
         notes: Vec::new(),
+        failed_attempts: Vec::new(),
     }
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
+use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestRerun, TestSuite};
 use serde::Serialize;
 
 /// How one scenario ended.
@@ -15,6 +15,9 @@ use serde::Serialize;
 pub enum Outcome {
     /// Every assertion held.
     Passed,
+    /// Every assertion held on a retry, after a failed attempt
+    /// (`--retries`); the failures are in `failed_attempts`.
+    Flaky,
     /// An assertion failed or the scenario could not run to its end.
     Failed,
     /// Not run: not selected, or the cluster did not boot.
@@ -25,6 +28,7 @@ impl Outcome {
     fn label(self) -> &'static str {
         match self {
             Outcome::Passed => "pass",
+            Outcome::Flaky => "pass (FLAKY)",
             Outcome::Failed => "FAIL",
             Outcome::Skipped => "skipped",
         }
@@ -48,6 +52,8 @@ pub struct ScenarioReport {
     pub detail: Option<String>,
     /// Observations that do not fail it (e.g. SCSI errors on a failed path).
     pub notes: Vec<String>,
+    /// Why each earlier attempt failed, when the scenario was retried.
+    pub failed_attempts: Vec<String>,
 }
 
 /// The whole run.
@@ -63,6 +69,8 @@ pub struct SuiteReport {
     pub total_seconds: f64,
     /// Counts.
     pub passed: usize,
+    /// Passed on a retry (counted in `passed` too).
+    pub flaky: usize,
     /// See `passed`.
     pub failed: usize,
     /// See `passed`.
@@ -80,7 +88,8 @@ impl SuiteReport {
                 .filter(|s| s.outcome == outcome)
                 .count()
         };
-        self.passed = count(Outcome::Passed);
+        self.flaky = count(Outcome::Flaky);
+        self.passed = count(Outcome::Passed) + self.flaky;
         self.failed = count(Outcome::Failed);
         self.skipped = count(Outcome::Skipped);
     }
@@ -128,14 +137,25 @@ impl SuiteReport {
                     text.push_str(&format!("       | {line}\n"));
                 }
             }
+            for (attempt, failure) in scenario.failed_attempts.iter().enumerate() {
+                let first = failure.lines().next().unwrap_or_default();
+                text.push_str(&format!(
+                    "       | attempt {} failed: {first}\n",
+                    attempt + 1
+                ));
+            }
         }
         for error in &self.errors {
             text.push_str(&format!("error: {error}\n"));
         }
         text.push_str(&format!(
-            "total {:.0} s\n{} passed, {} failed",
-            self.total_seconds, self.passed, self.failed
+            "total {:.0} s\n{} passed",
+            self.total_seconds, self.passed
         ));
+        if self.flaky > 0 {
+            text.push_str(&format!(" ({} flaky)", self.flaky));
+        }
+        text.push_str(&format!(", {} failed", self.failed));
         if self.skipped > 0 {
             text.push_str(&format!(", {} skipped", self.skipped));
         }
@@ -152,8 +172,19 @@ impl SuiteReport {
     pub fn write_junit(&self, path: &Path) -> Result<()> {
         let mut suite = TestSuite::new("applbuild-failover");
         for scenario in &self.scenarios {
-            let mut status = match scenario.outcome {
+            let status = match scenario.outcome {
                 Outcome::Passed => TestCaseStatus::success(),
+                Outcome::Flaky => {
+                    let mut status = TestCaseStatus::success();
+                    for failure in &scenario.failed_attempts {
+                        let mut rerun = TestRerun::new(NonSuccessKind::Failure);
+                        rerun
+                            .set_message(failure.lines().next().unwrap_or_default())
+                            .set_stack_trace(failure.as_str());
+                        status.add_rerun(rerun);
+                    }
+                    status
+                }
                 Outcome::Failed => {
                     let mut status = TestCaseStatus::non_success(NonSuccessKind::Failure);
                     if let Some(detail) = &scenario.detail {
@@ -168,9 +199,6 @@ impl SuiteReport {
                     status
                 }
             };
-            if scenario.outcome == Outcome::Passed {
-                status = TestCaseStatus::success();
-            }
             let mut case = TestCase::new(format!("{} {}", scenario.id, scenario.title), status);
             case.set_classname("acceptance")
                 .set_time(Duration::from_secs_f64(scenario.seconds));
@@ -238,6 +266,11 @@ mod tests {
             timings: BTreeMap::from([("detect_s".to_string(), 4.25)]),
             detail: (outcome == Outcome::Failed).then(|| "paths still active".into()),
             notes: vec![],
+            failed_attempts: if outcome == Outcome::Flaky {
+                vec!["guest: no reply".into()]
+            } else {
+                vec![]
+            },
         }
     }
 
@@ -253,6 +286,7 @@ mod tests {
             ],
             total_seconds: 100.0,
             passed: 0,
+            flaky: 0,
             failed: 0,
             skipped: 0,
             errors: vec![],
@@ -273,6 +307,42 @@ mod tests {
         assert!(xml.contains("<skipped"), "{xml}");
         assert!(xml.contains("paths still active"), "{xml}");
         report.write_json(&dir.join("summary.json")).unwrap();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_pass_on_retry_is_counted_flaky_and_kept_in_junit() {
+        let mut report = SuiteReport {
+            accel: "tcg".into(),
+            boot_to_ready_seconds: BTreeMap::new(),
+            scenarios: vec![
+                scenario("S1", Outcome::Passed),
+                scenario("S12", Outcome::Flaky),
+            ],
+            total_seconds: 100.0,
+            passed: 0,
+            flaky: 0,
+            failed: 0,
+            skipped: 0,
+            errors: vec![],
+        };
+        report.count();
+        assert!(!report.failed_overall());
+        let table = report.table();
+        assert_eq!(
+            table.lines().last().unwrap(),
+            "2 passed (1 flaky), 0 failed"
+        );
+        assert!(
+            table.contains("attempt 1 failed: guest: no reply"),
+            "{table}"
+        );
+        let dir = std::env::temp_dir().join(format!("qemu-tests-flaky-{}", std::process::id()));
+        let junit = dir.join("junit.xml");
+        report.write_junit(&junit).unwrap();
+        let xml = std::fs::read_to_string(&junit).unwrap();
+        assert!(xml.contains("<flakyFailure"), "{xml}");
+        assert!(!xml.contains("<failure"), "{xml}");
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -366,6 +366,49 @@ pub fn wait_all_paths_up(ctx: &mut Ctx, since: Instant, timeout: Duration) -> Re
     Ok(seconds)
 }
 
+/// Runs a scenario, and again up to `retries` times while it fails. Before
+/// a retry the guest VM is stopped (the scenarios that need it boot a fresh
+/// one) and the failed attempt's outputs file is renamed
+/// `<id>-attempt<N>-outputs.txt`, so nothing of it is lost. A pass after a
+/// failure is [`Outcome::Flaky`].
+pub fn run_with_retries(
+    cluster: &mut Cluster,
+    scenario: &Scenario,
+    retries: u32,
+) -> ScenarioReport {
+    let mut failed_attempts = Vec::new();
+    loop {
+        let mut report = run_one(cluster, scenario);
+        let attempt = failed_attempts.len() + 1;
+        if report.outcome != Outcome::Failed || failed_attempts.len() >= retries as usize {
+            if report.outcome == Outcome::Passed && !failed_attempts.is_empty() {
+                report.outcome = Outcome::Flaky;
+            }
+            report.failed_attempts = failed_attempts;
+            return report;
+        }
+        let detail = report.detail.unwrap_or_default();
+        eprintln!(
+            "applbuild-test: {} attempt {attempt} failed, retrying on a fresh guest VM: {}",
+            scenario.id,
+            detail.lines().next().unwrap_or_default()
+        );
+        let outputs = cluster
+            .artifacts
+            .join(format!("{}-outputs.txt", scenario.id));
+        let kept = cluster
+            .artifacts
+            .join(format!("{}-attempt{attempt}-outputs.txt", scenario.id));
+        let _ = std::fs::rename(&outputs, &kept);
+        failed_attempts.push(detail);
+        if cluster.guest.take().is_some()
+            && let Err(error) = crate::guest::stop(&mut cluster.hypervisor)
+        {
+            eprintln!("applbuild-test: stopping the guest VM before the retry: {error:#}");
+        }
+    }
+}
+
 /// Runs one scenario and turns its outcome into a report entry. Links are
 /// replugged afterwards whatever happened, and both consoles are scanned.
 pub fn run_one(cluster: &mut Cluster, scenario: &Scenario) -> ScenarioReport {
@@ -378,6 +421,7 @@ pub fn run_one(cluster: &mut Cluster, scenario: &Scenario) -> ScenarioReport {
         timings: BTreeMap::new(),
         detail: None,
         notes: Vec::new(),
+        failed_attempts: Vec::new(),
     };
     let run = scenario.run;
     let facts = match Facts::from_cluster(cluster) {
