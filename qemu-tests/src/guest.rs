@@ -86,6 +86,8 @@ pub fn install(hypervisor: &mut Node, alias: &str) -> Result<f64> {
 /// The commands that boot the guest from the map: its kernel and initrd are
 /// read from partitions 1 and 2 into RAM (QEMU maps its `-initrd` file, which
 /// a block device does not allow), and the whole map is its virtio disk.
+/// `-no-reboot`: a guest that resets itself (nested on TCG's SVM it now and
+/// then does) stops there, so a failure shows it instead of a fresh boot.
 fn qemu_command(loaded: &LoadedProfile, alias: &str, accel: GuestAccel) -> Result<String> {
     let profile = &loaded.profile;
     let nic = profile
@@ -99,7 +101,7 @@ fn qemu_command(loaded: &LoadedProfile, alias: &str, accel: GuestAccel) -> Resul
     };
     Ok(format!(
         "cat {kernel} > {RUN_DIR}/vmlinuz && cat {initrd} > {RUN_DIR}/initrd.img && \
-         setsid qemu-system-x86_64 -name {GUEST} -machine q35 -nodefaults -no-user-config \
+         setsid qemu-system-x86_64 -name {GUEST} -machine q35 -nodefaults -no-user-config -no-reboot \
          -m {memory} -smp {cpus} {accel} \
          -kernel {RUN_DIR}/vmlinuz -initrd {RUN_DIR}/initrd.img -append '{cmdline}' \
          -drive file={map},if=none,id=disk0,format=raw,cache=none,aio=threads \

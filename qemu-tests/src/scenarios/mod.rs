@@ -516,6 +516,8 @@ pub fn run_one(cluster: &mut Cluster, scenario: &Scenario) -> ScenarioReport {
 /// What the hypervisor node says about the guest VM when a scenario fails:
 /// whether its QEMU runs, its console's end, the kernel's last lines.
 const GUEST_DIAGNOSTICS: &str = "echo \"qemu pid $(cat /run/applbuild-vm/qemu.pid 2>/dev/null)\"; \
+    kill -0 $(cat /run/applbuild-vm/qemu.pid) 2>/dev/null && echo 'qemu running' || \
+    echo 'qemu EXITED: the guest reset or powered off (QEMU runs it with -no-reboot)'; \
     ps | grep [q]emu-system; echo '--- qemu.log'; cat /run/applbuild-vm/qemu.log; \
     echo '--- guest console'; tail -n 30 /run/applbuild-vm/console.log; \
     echo '--- map in flight'; cat /sys/block/dm-0/inflight; \
