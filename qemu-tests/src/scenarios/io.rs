@@ -37,7 +37,8 @@ dev=$1 pat=$2 mib=$3 stop=$4 log=$5
 # The kicker: one 4 KiB direct read of DEV after another, a second apart.
 # A nested guest on TCG's emulated SVM now and then loses a virtio
 # notification, leaving a write in flight forever; the next request on the
-# same queue carries the lost one along (docs/acceptance.md, "Kicker").
+# same queue carries the lost one along (docs/acceptance.md, "The nested
+# guest's lost notifications").
 ( while :; do dd if=$dev of=/dev/null bs=4k count=1 iflag=direct 2>/dev/null; sleep 1; done ) &
 kicker=$!
 pass=0
