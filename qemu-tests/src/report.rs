@@ -274,16 +274,11 @@ mod tests {
         }
     }
 
-    #[test]
-    fn last_line_counts_and_junit_has_one_case_per_scenario() {
+    fn counted_suite(scenarios: Vec<ScenarioReport>) -> SuiteReport {
         let mut report = SuiteReport {
             accel: "tcg".into(),
             boot_to_ready_seconds: BTreeMap::from([("storage".to_string(), 30.0)]),
-            scenarios: vec![
-                scenario("S1", Outcome::Passed),
-                scenario("S7", Outcome::Failed),
-                scenario("S6", Outcome::Skipped),
-            ],
+            scenarios,
             total_seconds: 100.0,
             passed: 0,
             flaky: 0,
@@ -292,6 +287,16 @@ mod tests {
             errors: vec![],
         };
         report.count();
+        report
+    }
+
+    #[test]
+    fn last_line_counts_and_junit_has_one_case_per_scenario() {
+        let report = counted_suite(vec![
+            scenario("S1", Outcome::Passed),
+            scenario("S7", Outcome::Failed),
+            scenario("S6", Outcome::Skipped),
+        ]);
         let table = report.table();
         assert_eq!(
             table.lines().last().unwrap(),
@@ -312,21 +317,10 @@ mod tests {
 
     #[test]
     fn a_pass_on_retry_is_counted_flaky_and_kept_in_junit() {
-        let mut report = SuiteReport {
-            accel: "tcg".into(),
-            boot_to_ready_seconds: BTreeMap::new(),
-            scenarios: vec![
-                scenario("S1", Outcome::Passed),
-                scenario("S12", Outcome::Flaky),
-            ],
-            total_seconds: 100.0,
-            passed: 0,
-            flaky: 0,
-            failed: 0,
-            skipped: 0,
-            errors: vec![],
-        };
-        report.count();
+        let report = counted_suite(vec![
+            scenario("S1", Outcome::Passed),
+            scenario("S12", Outcome::Flaky),
+        ]);
         assert!(!report.failed_overall());
         let table = report.table();
         assert_eq!(
