@@ -380,10 +380,8 @@ pub fn run_with_retries(
     loop {
         let mut report = run_one(cluster, scenario);
         let attempt = failed_attempts.len() + 1;
-        if report.outcome != Outcome::Failed || failed_attempts.len() >= retries as usize {
-            if report.outcome == Outcome::Passed && !failed_attempts.is_empty() {
-                report.outcome = Outcome::Flaky;
-            }
+        if !retry_after(report.outcome, failed_attempts.len(), retries) {
+            report.outcome = final_outcome(report.outcome, failed_attempts.len());
             report.failed_attempts = failed_attempts;
             return report;
         }
@@ -406,6 +404,22 @@ pub fn run_with_retries(
         {
             eprintln!("applbuild-test: stopping the guest VM before the retry: {error:#}");
         }
+    }
+}
+
+/// Whether an attempt that ended in `outcome`, after `failed_before`
+/// failed attempts, is run again.
+fn retry_after(outcome: Outcome, failed_before: usize, retries: u32) -> bool {
+    outcome == Outcome::Failed && failed_before < retries as usize
+}
+
+/// The outcome reported for the last attempt: a pass after failed attempts
+/// is flaky.
+fn final_outcome(outcome: Outcome, failed_before: usize) -> Outcome {
+    if outcome == Outcome::Passed && failed_before > 0 {
+        Outcome::Flaky
+    } else {
+        outcome
     }
 }
 
@@ -557,6 +571,17 @@ pub fn device_sha256(node: &mut Node, device: &str, mib: u64) -> Result<String> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failure_is_retried_while_retries_remain_and_a_late_pass_is_flaky() {
+        assert!(!retry_after(Outcome::Failed, 0, 0));
+        assert!(retry_after(Outcome::Failed, 0, 1));
+        assert!(!retry_after(Outcome::Failed, 1, 1));
+        assert!(!retry_after(Outcome::Passed, 0, 1));
+        assert_eq!(final_outcome(Outcome::Passed, 0), Outcome::Passed);
+        assert_eq!(final_outcome(Outcome::Passed, 1), Outcome::Flaky);
+        assert_eq!(final_outcome(Outcome::Failed, 1), Outcome::Failed);
+    }
 
     #[test]
     fn paths_parse_with_their_session() {
