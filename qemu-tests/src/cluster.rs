@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use applbuild::boot::{self, READY_MARKER};
 use applbuild::profile::{self, LoadedProfile};
-use applbuild::qemu::{self, Accel, Disk, NetBackend, RunningVm};
-use applbuild::qga::{ExecOutput, QgaClient};
-use applbuild::qmp::QmpClient;
+use applbuild_vm::qemu::{self, Accel, Disk, NetBackend, RunningVm};
+use applbuild_vm::qga::{ExecOutput, QgaClient};
+use applbuild_vm::qmp::QmpClient;
 
 use crate::guest::{self, GUEST, Guest};
 use crate::network::VdeSwitch;

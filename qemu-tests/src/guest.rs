@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use applbuild::boot::READY_MARKER;
 use applbuild::profile::LoadedProfile;
-use applbuild::qga::ExecOutput;
+use applbuild_vm::qga::ExecOutput;
 use base64::Engine;
 
 use crate::cluster::Node;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use applbuild::pipeline::{self, BuildOptions, Project};
 use applbuild::profile;
-use applbuild::progress::Reporter;
+use applbuild_progress::Reporter;
 
 /// Makes sure `images/<profile>` is an up-to-date image of each profile.
 pub fn ensure_built(project: &Project, images: &Path, profiles: &[&str]) -> Result<()> {

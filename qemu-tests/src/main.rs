@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use applbuild::pipeline::Project;
-use applbuild::qemu::AccelChoice;
-use applbuild::qga::QgaClient;
+use applbuild_vm::qemu::AccelChoice;
+use applbuild_vm::qga::QgaClient;
 use clap::{Parser, Subcommand};
 
 use crate::cluster::{Cluster, HYPERVISOR, STORAGE};

@@ -30,7 +30,7 @@ pub fn wait_for<T>(
 }
 
 /// How long waits may take: the nominal time under KVM, times
-/// [`applbuild::qemu::Accel::timeout_scale`] under TCG.
+/// [`applbuild_vm::qemu::Accel::timeout_scale`] under TCG.
 #[derive(Debug, Clone, Copy)]
 pub struct Scale(pub u32);
 

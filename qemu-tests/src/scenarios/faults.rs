@@ -119,8 +119,8 @@ fn detection_limit(ctx: &Ctx) -> f64 {
 /// a few hundred milliseconds of emulation, 2 s more.
 fn stall_limit(ctx: &Ctx) -> f64 {
     match ctx.cluster.accel {
-        applbuild::qemu::Accel::Kvm => AIM_S,
-        applbuild::qemu::Accel::Tcg => AIM_S + 2.0,
+        applbuild_vm::qemu::Accel::Kvm => AIM_S,
+        applbuild_vm::qemu::Accel::Tcg => AIM_S + 2.0,
     }
 }
 

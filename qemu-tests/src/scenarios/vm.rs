@@ -134,7 +134,7 @@ pub fn s6_vm_on_multipath_disk(ctx: &mut Ctx) -> Result<()> {
 /// The guest kernel's SHA256 and size, from its image's manifest.
 fn kernel_sha256(ctx: &Ctx) -> Result<(String, u64)> {
     let manifest = ctx.cluster.images.join(guest::GUEST);
-    let manifest = applbuild::manifest::Manifest::read(&manifest)
+    let manifest = applbuild_image::manifest::Manifest::read(&manifest)
         .with_context(|| format!("no manifest in {}", manifest.display()))?;
     let artifact = manifest
         .artifacts

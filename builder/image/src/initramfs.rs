@@ -22,9 +22,9 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use crate::cpio;
-use crate::deb_archive::EntryKind;
-use crate::progress::{Reporter, Unit};
-use crate::rootfs::{Node, RootfsTree, digest_entries};
+use applbuild_progress::{Reporter, Unit};
+use applbuild_rootfs::deb_archive::EntryKind;
+use applbuild_rootfs::rootfs::{Node, RootfsTree, digest_entries};
 
 /// The zstd level used unless the profile asks otherwise. Measured on the
 /// hypervisor tree (218 MB of cpio, 2 cores): level 3 gives 70.9 MB in
@@ -423,21 +423,21 @@ mod tests {
     fn tree() -> RootfsTree {
         let mut tree = RootfsTree::new();
         let entries = vec![
-            crate::deb_archive::DataEntry {
+            applbuild_rootfs::deb_archive::DataEntry {
                 path: "usr/bin/tool".into(),
                 kind: EntryKind::File(Arc::from(&b"tool binary"[..])),
                 mode: 0o755,
                 uid: 0,
                 gid: 0,
             },
-            crate::deb_archive::DataEntry {
+            applbuild_rootfs::deb_archive::DataEntry {
                 path: "usr/bin/tool-alias".into(),
                 kind: EntryKind::Hardlink("usr/bin/tool".into()),
                 mode: 0o755,
                 uid: 0,
                 gid: 0,
             },
-            crate::deb_archive::DataEntry {
+            applbuild_rootfs::deb_archive::DataEntry {
                 path: "usr/lib/modules/6.1/kernel/a.ko".into(),
                 kind: EntryKind::File(Arc::from(&b"module"[..])),
                 mode: 0o644,
@@ -445,8 +445,12 @@ mod tests {
                 gid: 0,
             },
         ];
-        tree.insert_package("pkg", entries, &crate::rootfs::PathFilter::none())
-            .unwrap();
+        tree.insert_package(
+            "pkg",
+            entries,
+            &applbuild_rootfs::rootfs::PathFilter::none(),
+        )
+        .unwrap();
         tree.add_file("etc/app/app.conf", b"x=1\n".to_vec(), 0o640, 0, 5)
             .unwrap();
         tree
@@ -673,9 +677,9 @@ mod tests {
     #[test]
     #[ignore = "measurement: needs a folder of bookworm .debs in APPLBUILD_BENCH_DEBS"]
     fn measure_real_packages() {
-        use crate::deb_archive::read_data_entries_cached;
-        use crate::kernel_modules::select_modules;
-        use crate::rootfs::PathFilter;
+        use applbuild_rootfs::deb_archive::read_data_entries_cached;
+        use applbuild_rootfs::kernel_modules::select_modules;
+        use applbuild_rootfs::rootfs::PathFilter;
         use rayon::prelude::*;
         use std::time::Instant;
 

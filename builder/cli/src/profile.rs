@@ -844,7 +844,7 @@ mod tests {
     use super::*;
 
     fn project_profiles() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles")
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../profiles")
     }
 
     fn write(dir: &Path, name: &str, text: &str) {

@@ -10,22 +10,22 @@ use std::time::Instant;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::apt_sources;
-use crate::cache::Cache;
-use crate::deb_archive::{self, EntryKind};
-use crate::disk_image::{self, PartitionContent, PartitionSource};
-use crate::initramfs::{self, SegmentPlan};
-use crate::kernel_modules;
 use crate::lockfile::Lockfile;
-use crate::manifest::{Artifact, MANIFEST_FILE, Manifest, ManifestPackage, sha256_file};
-use crate::overlay::{self, OverlayKind};
-use crate::package_index::PackageRecord;
 use crate::profile::{self, LoadedProfile, Service, ServiceKind};
-use crate::progress::{Reporter, Unit};
-use crate::repository::{Repository, RepositoryConfig};
-use crate::resolver::{self, ResolveRequest};
-use crate::rootfs::{PathFilter, RootfsTree};
-use crate::templates::Renderer;
+use applbuild_deb::package_index::PackageRecord;
+use applbuild_deb::resolver::{self, ResolveRequest};
+use applbuild_image::disk_image::{self, PartitionContent, PartitionSource};
+use applbuild_image::initramfs::{self, SegmentPlan};
+use applbuild_image::manifest::{Artifact, MANIFEST_FILE, Manifest, ManifestPackage, sha256_file};
+use applbuild_progress::{Reporter, Unit};
+use applbuild_repo::apt_sources;
+use applbuild_repo::cache::Cache;
+use applbuild_repo::repository::{Repository, RepositoryConfig};
+use applbuild_rootfs::deb_archive::{self, EntryKind};
+use applbuild_rootfs::kernel_modules;
+use applbuild_rootfs::overlay::{self, OverlayKind};
+use applbuild_rootfs::rootfs::{PathFilter, RootfsTree};
+use applbuild_rootfs::templates::Renderer;
 
 /// The file that pins package versions per profile.
 pub const LOCKFILE: &str = "applbuild.lock";
@@ -44,10 +44,10 @@ pub enum BuildError {
     Mirror(#[from] apt_sources::AptSourcesError),
     /// The cache could not be opened.
     #[error(transparent)]
-    Cache(#[from] crate::cache::CacheError),
+    Cache(#[from] applbuild_repo::cache::CacheError),
     /// Fetching or verifying repository data failed.
     #[error(transparent)]
-    Repository(#[from] crate::repository::RepositoryError),
+    Repository(#[from] applbuild_repo::repository::RepositoryError),
     /// Dependency resolution failed.
     #[error(transparent)]
     Resolve(#[from] resolver::ResolveError),
@@ -67,7 +67,7 @@ pub enum BuildError {
     Unpack(#[from] deb_archive::DebError),
     /// The root file system could not be assembled.
     #[error(transparent)]
-    Rootfs(#[from] crate::rootfs::RootfsError),
+    Rootfs(#[from] applbuild_rootfs::rootfs::RootfsError),
     /// Kernel module selection failed.
     #[error(transparent)]
     Modules(#[from] kernel_modules::KernelModulesError),
@@ -76,7 +76,7 @@ pub enum BuildError {
     Overlay(#[from] overlay::OverlayError),
     /// A service definition is not a valid template.
     #[error(transparent)]
-    Template(#[from] crate::templates::TemplateError),
+    Template(#[from] applbuild_rootfs::templates::TemplateError),
     /// Writing the initramfs failed.
     #[error(transparent)]
     Initramfs(#[from] initramfs::InitramfsError),
@@ -392,7 +392,11 @@ struct ResolutionCache {
 }
 
 impl ResolutionCache {
-    fn new(cache: &Cache, info: &crate::repository::IndexInfo, request: &ResolveRequest) -> Self {
+    fn new(
+        cache: &Cache,
+        info: &applbuild_repo::repository::IndexInfo,
+        request: &ResolveRequest,
+    ) -> Self {
         let mut hasher = Sha256::new();
         hasher.update(env!("CARGO_PKG_VERSION"));
         for blob in &info.indexes {

@@ -15,7 +15,7 @@ use pgp::composed::{CleartextSignedMessage, Deserializable, SignedPublicKey, Sig
 use pgp::packet::{KeyFlags, RevocationCode, Signature, SignatureType, SubpacketData};
 use pgp::types::{KeyDetails, Tag, Timestamp};
 
-use crate::release::format_date;
+use applbuild_deb::release::format_date;
 
 /// Debian's archive keyring as installed by `debian-archive-keyring`.
 pub const DEFAULT_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
@@ -431,8 +431,10 @@ mod tests {
     use pgp::types::Password;
 
     /// bookworm's InRelease as the archive published it (test data).
-    const DEBIAN_INRELEASE: &str =
-        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/bookworm-InRelease");
+    const DEBIAN_INRELEASE: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../cli/tests/data/bookworm-InRelease"
+    );
 
     /// Host files the Debian test needs; missing ones fail under CI and are
     /// reported (not silently skipped) elsewhere.
@@ -511,7 +513,7 @@ mod tests {
         assert!(text.contains("\nCodename: bookworm\n"), "{}", &text[..200]);
         assert!(text.starts_with("Origin: Debian\n"));
         assert!(!text.contains("BEGIN PGP"));
-        let release = crate::release::Release::parse(&text, "InRelease").unwrap();
+        let release = applbuild_deb::release::Release::parse(&text, "InRelease").unwrap();
         assert_eq!(release.codename.as_deref(), Some("bookworm"));
         assert!(release.acquire_by_hash);
         let packages = &release.sha256["main/binary-amd64/Packages.xz"];

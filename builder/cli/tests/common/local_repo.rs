@@ -228,7 +228,7 @@ impl LocalRepo {
              Date: {date}\nAcquire-By-Hash: yes\nArchitectures: amd64\nComponents: main\n\
              Description: local test archive\nSHA256:\n{sha_lines}",
             suite = self.suite,
-            date = applbuild::release::format_date(std::time::SystemTime::now()),
+            date = applbuild_deb::release::format_date(std::time::SystemTime::now()),
         );
         write_file(&dists.join("Release"), release.as_bytes());
         self.sign_release(&self.key);

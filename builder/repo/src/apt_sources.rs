@@ -10,7 +10,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::deb822::{self, Deb822Error};
+use applbuild_deb::deb822::{self, Deb822Error};
 
 /// Why no mirror could be taken from the apt configuration.
 #[derive(Debug, thiserror::Error)]

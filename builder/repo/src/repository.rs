@@ -19,11 +19,11 @@ use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
 use crate::cache::{Cache, CacheError, InsertError};
-use crate::package_index::{IndexError, PackageIndex, PackageRecord};
-use crate::progress::{Reporter, Task, Unit};
-use crate::release::{IndexFile, Release, ReleaseError, format_date};
 use crate::signature::{Keyring, SignatureError};
 use crate::transport::{Transport, TransportError};
+use applbuild_deb::package_index::{IndexError, PackageIndex, PackageRecord};
+use applbuild_deb::release::{IndexFile, Release, ReleaseError, format_date};
+use applbuild_progress::{Reporter, Task, Unit};
 
 /// Downloads running at once: enough to hide per-request latency, few
 /// enough to stay polite to a public mirror.

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::profile::LoadedProfile;
-use crate::qemu::{Accel, Disk, NetBackend, Nic, QemuError, RunningVm, VmSpec};
-use crate::qga::{QgaClient, QgaError};
-use crate::templates::{Renderer, TemplateError};
+use applbuild_rootfs::templates::{Renderer, TemplateError};
+use applbuild_vm::qemu::{Accel, Disk, NetBackend, Nic, QemuError, RunningVm, VmSpec};
+use applbuild_vm::qga::{QgaClient, QgaError};
 
 /// The line the image's init prints once every service is ready.
 pub const READY_MARKER: &str = "APPLBUILD-READY";
@@ -182,7 +182,7 @@ pub fn check(
             profile: loaded.name.clone(),
             waited: ready_timeout,
             log: serial_log,
-            detail: crate::qemu::not_ready_detail(&vm.console()),
+            detail: applbuild_vm::qemu::not_ready_detail(&vm.console()),
         });
     };
     let boot_to_ready_seconds = vm.started.elapsed().as_secs_f64();
@@ -226,7 +226,7 @@ pub fn check(
             seconds: started.elapsed().as_secs_f64(),
         });
     }
-    let fatal = crate::qemu::fatal_lines(&vm.console());
+    let fatal = applbuild_vm::qemu::fatal_lines(&vm.console());
     if !fatal.is_empty() {
         checks.push(CheckResult {
             name: "serial console free of kernel errors".into(),

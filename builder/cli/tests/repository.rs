@@ -7,12 +7,12 @@ mod common;
 use std::fs;
 use std::path::Path;
 
-use applbuild::cache::Cache;
-use applbuild::deb_archive::{DebArchive, EntryKind};
-use applbuild::package_index::{PackageIndex, PackageRecord};
-use applbuild::progress::Reporter;
-use applbuild::repository::{IndexInfo, Repository, RepositoryConfig, RepositoryError};
-use applbuild::signature::SignatureError;
+use applbuild_deb::package_index::{PackageIndex, PackageRecord};
+use applbuild_progress::Reporter;
+use applbuild_repo::cache::Cache;
+use applbuild_repo::repository::{IndexInfo, Repository, RepositoryConfig, RepositoryError};
+use applbuild_repo::signature::SignatureError;
+use applbuild_rootfs::deb_archive::{DebArchive, EntryKind};
 use common::local_repo::{FakePackage, LocalRepo};
 
 fn packages() -> Vec<FakePackage> {

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::thread;
 use std::time::Duration;
 
-use crate::progress::Task;
+use applbuild_progress::Task;
 
 /// How often a download is tried before its error is returned; mirrors drop
 /// connections now and then, and one retry hides most of that.
@@ -322,7 +322,7 @@ fn file_url_path(rest: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::progress::{Reporter, Unit};
+    use applbuild_progress::{Reporter, Unit};
 
     fn task() -> Task {
         Reporter::hidden().bar("test", 0, Unit::Bytes)

@@ -9,9 +9,9 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use crate::package_index::PackageRecord;
-use crate::resolver::LockedPackage;
-use crate::version::DebVersion;
+use applbuild_deb::package_index::PackageRecord;
+use applbuild_deb::resolver::LockedPackage;
+use applbuild_deb::version::DebVersion;
 
 const FORMAT_VERSION: u32 = 1;
 
@@ -238,7 +238,7 @@ fn toml_key(key: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::package_index::PackageIndex;
+    use applbuild_deb::package_index::PackageIndex;
 
     const HASH_A: &str = "3a2118df47bf3f04285649f0455c2fc6fe2dc7f0b237073038aa00af41f0d5f2";
     const HASH_B: &str = "53745ae74d05bccf6783400fa98f3932b21729ab9d2e86151aa2c331c3455178";

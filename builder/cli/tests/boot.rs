@@ -11,7 +11,7 @@ use serde_json::Value;
 
 /// The workspace root (the folder with `profiles/`).
 fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 /// Whether QEMU can run here; in CI (`CI=true`) a missing QEMU fails the test.

@@ -14,8 +14,8 @@
 use std::collections::HashMap;
 use std::io::{self, BufWriter, Write};
 
-use crate::deb_archive::EntryKind;
-use crate::rootfs::{Node, RootfsTree};
+use applbuild_rootfs::deb_archive::EntryKind;
+use applbuild_rootfs::rootfs::{Node, RootfsTree};
 
 /// `S_IFREG`, `S_IFDIR`, `S_IFLNK` of `stat(2)`.
 const S_IFREG: u32 = 0o100_000;

@@ -10,8 +10,8 @@ use clap::{Args, Parser, Subcommand};
 use applbuild::boot::{self, BootReport};
 use applbuild::pipeline::{self, BuildOptions, BuildReport, Project};
 use applbuild::profile;
-use applbuild::progress::Reporter;
-use applbuild::qemu::{self, AccelChoice};
+use applbuild_progress::Reporter;
+use applbuild_vm::qemu::{self, AccelChoice};
 
 /// Builds minimal appliance images for an iSCSI-multipath KVM cluster from
 /// verified Debian packages, and boots them in QEMU.

@@ -1,0 +1,10 @@
+//! applbuild: the build pipeline behind the `applbuild` command. It reads a
+//! profile, resolves its packages against verified mirrors
+//! (`applbuild-repo`, `applbuild-deb`), assembles the root file system
+//! (`applbuild-rootfs`), writes the image files (`applbuild-image`) and boots
+//! them (`applbuild-vm`). See `docs/architecture.md` for the data flow.
+
+pub mod boot;
+pub mod lockfile;
+pub mod pipeline;
+pub mod profile;

@@ -1,0 +1,7 @@
+//! The image's root file system: unpacking .deb data, merged-/usr, kernel module selection, overlays and templates.
+
+pub mod deb_archive;
+pub mod kernel_modules;
+pub mod overlay;
+pub mod rootfs;
+pub mod templates;
