@@ -6,12 +6,12 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use applbuild_deb::package_index::PackageRecord;
 use applbuild_deb::resolver::LockedPackage;
 use applbuild_deb::version::DebVersion;
+use applbuild_fs::write_atomic;
 
 const FORMAT_VERSION: u32 = 1;
 
@@ -200,20 +200,10 @@ impl Lockfile {
     /// flushed to disk, then renamed over `path`, so a crash never leaves a
     /// half-written lock.
     pub fn save(&self, path: &Path) -> Result<(), LockfileError> {
-        let io_error = |source| LockfileError::Io {
+        write_atomic(path, self.to_toml_string().as_bytes()).map_err(|source| LockfileError::Io {
             path: path.to_owned(),
             source,
-        };
-        let folder = match path.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => parent,
-            _ => Path::new("."),
-        };
-        let mut file = tempfile::NamedTempFile::new_in(folder).map_err(io_error)?;
-        file.write_all(self.to_toml_string().as_bytes())
-            .map_err(io_error)?;
-        file.as_file().sync_all().map_err(io_error)?;
-        file.persist(path).map_err(|e| io_error(e.error))?;
-        Ok(())
+        })
     }
 }
 

@@ -425,6 +425,13 @@ fn print_build(report: &BuildReport) {
     if let Some(bytes) = report.disk_bytes {
         println!("  disk.img {:.1} MiB", bytes as f64 / 1048576.0);
     }
+    println!(
+        "  {} of {} packages unpacked from the unpack cache",
+        report.unpacked_from_cache, report.packages
+    );
+    for softdep in &report.unresolved_softdeps {
+        println!("  unresolved module soft dependency: {softdep}");
+    }
     for change in &report.lock_changes {
         println!("  lock: {change}");
     }

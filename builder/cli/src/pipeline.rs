@@ -2,9 +2,17 @@
 //! package set → verified .debs → rootfs tree → image files. Each step's
 //! module does the work; this one orders them, times them and keeps the
 //! previous good output until the new one is complete.
+//!
+//! The steps hand typed stages on: `Resolved` (the package set; the lock
+//! file read once) → `Unpacked` (one tree of all packages) →
+//! `Assembled` (modules trimmed, overlay applied, kernel taken out) →
+//! `Artifacts` (the files, each hashed when written). The inputs digest
+//! is computed right after resolving, and the manifest is built and
+//! written once.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -14,6 +22,7 @@ use crate::lockfile::Lockfile;
 use crate::profile::{self, LoadedProfile, Service, ServiceKind};
 use applbuild_deb::package_index::PackageRecord;
 use applbuild_deb::resolver::{self, ResolveRequest};
+use applbuild_fs::write_atomic;
 use applbuild_image::disk_image::{self, PartitionContent, PartitionSource};
 use applbuild_image::initramfs::{self, SegmentPlan};
 use applbuild_image::manifest::{Artifact, MANIFEST_FILE, Manifest, ManifestPackage, sha256_file};
@@ -21,8 +30,8 @@ use applbuild_progress::{Reporter, Unit};
 use applbuild_repo::apt_sources;
 use applbuild_repo::cache::Cache;
 use applbuild_repo::repository::{Repository, RepositoryConfig};
-use applbuild_rootfs::deb_archive::{self, EntryKind};
-use applbuild_rootfs::kernel_modules;
+use applbuild_rootfs::deb_archive::{self, CacheStatus, EntryKind};
+use applbuild_rootfs::kernel_modules::{self, ModuleSelection};
 use applbuild_rootfs::overlay::{self, OverlayKind};
 use applbuild_rootfs::rootfs::{PathFilter, RootfsTree};
 use applbuild_rootfs::templates::Renderer;
@@ -232,6 +241,14 @@ pub struct BuildReport {
     pub lock_changes: Vec<String>,
     /// Whether the output was already up to date (nothing rewritten).
     pub unchanged: bool,
+    /// How many packages' files came from the unpack cache instead of
+    /// being decompressed from their `.deb`.
+    pub unpacked_from_cache: usize,
+    /// Those packages, in package order.
+    pub unpacked_from_cache_packages: Vec<String>,
+    /// Module soft dependencies (`softdep` `pre:`) that matched no module,
+    /// alias or built-in, as `module: name`; the image works without them.
+    pub unresolved_softdeps: Vec<String>,
 }
 
 /// The package set a profile resolves to (for `applbuild show`).
@@ -247,9 +264,13 @@ pub struct ResolvedSet {
     pub mirror_source: String,
 }
 
+/// Stage 1 of a build: the package set, the lock file as it was read (once,
+/// here), and the repository and cache the packages come from.
 struct Resolved {
     records: Vec<PackageRecord>,
     lock_changes: Vec<String>,
+    /// `applbuild.lock` as read before resolving; `None` when there is none.
+    lock: Option<Lockfile>,
     repository: Repository,
     cache: Cache,
     mirror_source: String,
@@ -292,14 +313,14 @@ fn package_roots(loaded: &LoadedProfile) -> Vec<String> {
     roots
 }
 
-fn resolve_packages(
-    project: &Project,
+/// The mirror URL and where it came from: `--mirror`, the profile, or the
+/// host's apt sources.
+fn choose_mirror(
     loaded: &LoadedProfile,
     options: &BuildOptions,
-    seconds: &mut StepSeconds,
-) -> Result<Resolved, BuildError> {
+) -> Result<(String, String), BuildError> {
     let distribution = &loaded.profile.distribution;
-    let (mirror, mirror_source) = match (&options.mirror, &distribution.mirror) {
+    Ok(match (&options.mirror, &distribution.mirror) {
         (Some(url), _) => (url.clone(), "--mirror".to_string()),
         (None, Some(url)) => (url.clone(), format!("profile {}", loaded.name)),
         (None, None) => {
@@ -309,7 +330,17 @@ fn resolve_packages(
                 format!("host apt sources ({})", choice.file.display()),
             )
         }
-    };
+    })
+}
+
+fn resolve_packages(
+    project: &Project,
+    loaded: &LoadedProfile,
+    options: &BuildOptions,
+    seconds: &mut StepSeconds,
+) -> Result<Resolved, BuildError> {
+    let distribution = &loaded.profile.distribution;
+    let (mirror, mirror_source) = choose_mirror(loaded, options)?;
     let cache = Cache::open(&options.cache_dir)?;
     let repository = Repository::new(RepositoryConfig {
         mirror,
@@ -327,17 +358,14 @@ fn resolve_packages(
     seconds.index = started.elapsed().as_secs_f64();
 
     let started = Instant::now();
-    let lockfile = Lockfile::load(&project.lockfile())?;
-    let locked = lockfile
-        .as_ref()
-        .and_then(|lock| lock.profile(&loaded.name));
+    let lock = Lockfile::load(&project.lockfile())?;
+    let locked = lock.as_ref().and_then(|lock| lock.profile(&loaded.name));
     let first_lock = locked.is_none();
-    let locked = locked.unwrap_or_default();
     let request = ResolveRequest {
         roots: package_roots(loaded),
         prefer: loaded.profile.packages.prefer.clone(),
         exclude: loaded.profile.packages.exclude.clone(),
-        locked,
+        locked: locked.unwrap_or_default(),
     };
     let cached = ResolutionCache::new(&cache, &info, &request);
     let resolution = match cached.load() {
@@ -355,6 +383,25 @@ fn resolve_packages(
         }
     };
     seconds.resolve = started.elapsed().as_secs_f64();
+    let lock_changes = lock_changes(loaded, options, first_lock, &resolution)?;
+    Ok(Resolved {
+        records: resolution.packages,
+        lock_changes,
+        lock,
+        repository,
+        cache,
+        mirror_source,
+    })
+}
+
+/// How the resolution differs from the lock file, as reported; with
+/// `--locked` any difference is an error.
+fn lock_changes(
+    loaded: &LoadedProfile,
+    options: &BuildOptions,
+    first_lock: bool,
+    resolution: &resolver::Resolution,
+) -> Result<Vec<String>, BuildError> {
     let lock_changes: Vec<String> = if first_lock && !options.locked {
         Vec::new()
     } else if first_lock {
@@ -375,13 +422,7 @@ fn resolve_packages(
             changes: lock_changes,
         });
     }
-    Ok(Resolved {
-        records: resolution.packages,
-        lock_changes,
-        repository,
-        cache,
-        mirror_source,
-    })
+    Ok(lock_changes)
 }
 
 /// Resolutions already computed, keyed by the verified index blobs and the
@@ -424,10 +465,8 @@ impl ResolutionCache {
             return;
         };
         let stored = std::fs::create_dir_all(dir).and_then(|()| {
-            let mut file = tempfile::NamedTempFile::new_in(dir)?;
-            serde_json::to_writer(&mut file, packages)?;
-            file.persist(&self.path).map_err(|error| error.error)?;
-            Ok(())
+            let json = serde_json::to_vec(packages).expect("package records serialize");
+            write_atomic(&self.path, &json)
         });
         if let Err(error) = stored {
             eprintln!(
@@ -440,21 +479,65 @@ impl ResolutionCache {
 
 /// SHA256 over everything a build reads from the project (profile, overlay,
 /// locked versions) and applbuild's version: equal digests, equal images.
+/// This reads the locked versions from the lock file, as `boot` needs; a
+/// build hashes the versions it resolved, which the lock file then holds.
 pub fn inputs_digest(project: &Project, loaded: &LoadedProfile) -> String {
+    let locked = Lockfile::load(&project.lockfile())
+        .ok()
+        .flatten()
+        .and_then(|lock| lock.profile(&loaded.name))
+        .unwrap_or_default();
+    digest_inputs(
+        project,
+        loaded,
+        locked.iter().map(|(name, package)| {
+            (
+                name.as_str(),
+                package.version.to_string(),
+                package.sha256.as_str(),
+            )
+        }),
+    )
+}
+
+/// The inputs digest over `packages` (name, version, `.deb` SHA256), which
+/// must come sorted by name, as the lock file lists them.
+fn digest_inputs<'a>(
+    project: &Project,
+    loaded: &LoadedProfile,
+    packages: impl Iterator<Item = (&'a str, String, &'a str)>,
+) -> String {
     let mut hasher = Sha256::new();
     hasher.update(env!("CARGO_PKG_VERSION"));
     hasher.update(loaded.digest());
     for layer in project.overlay_layers(&loaded.name) {
         hash_tree(&layer, &layer, &mut hasher);
     }
-    if let Ok(Some(lock)) = Lockfile::load(&project.lockfile())
-        && let Some(packages) = lock.profile(&loaded.name)
-    {
-        for (name, package) in packages {
-            hasher.update(format!("{name} {} {}\n", package.version, package.sha256));
-        }
+    for (name, version, sha256) in packages {
+        hasher.update(format!("{name} {version} {sha256}\n"));
     }
     hex::encode(hasher.finalize())
+}
+
+/// The inputs digest of a build, from the packages it resolved (the
+/// versions the lock file holds once the build has written it).
+fn resolved_inputs_digest(
+    project: &Project,
+    loaded: &LoadedProfile,
+    resolved: &Resolved,
+) -> String {
+    let by_name: BTreeMap<&str, &PackageRecord> = resolved
+        .records
+        .iter()
+        .map(|record| (record.name.as_str(), record))
+        .collect();
+    digest_inputs(
+        project,
+        loaded,
+        by_name
+            .into_iter()
+            .map(|(name, record)| (name, record.version.to_string(), record.sha256.as_str())),
+    )
 }
 
 fn hash_tree(root: &Path, dir: &Path, hasher: &mut Sha256) {
@@ -490,6 +573,31 @@ pub fn is_up_to_date(project: &Project, loaded: &LoadedProfile, image_dir: &Path
     })
 }
 
+/// Stage 2: every package's files in one tree (path filters applied), and
+/// where they came from.
+struct Unpacked {
+    tree: RootfsTree,
+    /// Packages that were not in the download cache.
+    downloaded: usize,
+    /// Packages whose files came from the unpack cache, not from the `.deb`.
+    from_unpack_cache: Vec<String>,
+}
+
+/// Stage 3: the finished root file system, the kernel image taken out of
+/// it, and the kernel modules kept.
+struct Assembled {
+    tree: RootfsTree,
+    kernel: Arc<[u8]>,
+    modules: ModuleSelection,
+}
+
+/// Stage 4: the image files in the staging folder, each hashed once, when
+/// it was written; sorted by name, as the manifest lists them.
+struct Artifacts {
+    staging: tempfile::TempDir,
+    artifacts: Vec<Artifact>,
+}
+
 /// Builds one profile into `options.out_dir/<name>/`.
 pub fn build(
     project: &Project,
@@ -500,7 +608,72 @@ pub fn build(
     let loaded = profile::load(&project.profiles_dir(), name)?;
     let mut seconds = StepSeconds::default();
     let resolved = resolve_packages(project, &loaded, options, &mut seconds)?;
+    let inputs_digest = resolved_inputs_digest(project, &loaded, &resolved);
+    let unpacked = unpack(&resolved, &loaded, options, &mut seconds)?;
+    let downloaded = unpacked.downloaded;
+    let from_unpack_cache = unpacked.from_unpack_cache;
+    let assembled = assemble(project, &loaded, unpacked.tree, &mut seconds)?;
+    let written = write_artifacts(&loaded, &resolved, &assembled, options, &mut seconds)?;
+    let manifest = Manifest {
+        profile: name.into(),
+        profile_digest: loaded.digest(),
+        inputs_digest,
+        applbuild_version: env!("CARGO_PKG_VERSION").into(),
+        distribution: format!(
+            "{}/{}",
+            loaded.profile.distribution.suite, loaded.profile.distribution.architecture
+        ),
+        kernel_release: assembled.modules.kernel_version.clone(),
+        rootfs_digest: hex::encode(assembled.tree.digest()),
+        modules: assembled.modules.load_order.clone(),
+        packages: resolved.records.iter().map(manifest_package).collect(),
+        artifacts: written.artifacts,
+    };
+    if !options.locked {
+        update_lock(project, name, &resolved)?;
+    }
+    write_manifest(written.staging.path(), &manifest)?;
 
+    let image_dir = options.out_dir.join(name);
+    let unchanged = Manifest::read(&image_dir).is_some_and(|previous| {
+        previous.artifacts == manifest.artifacts && previous.artifacts_intact(&image_dir)
+    });
+    replace_dir(written.staging, &image_dir)?;
+    seconds.total = total.elapsed().as_secs_f64();
+    Ok(BuildReport {
+        profile: name.into(),
+        out_dir: image_dir,
+        mirror_source: resolved.mirror_source,
+        packages: resolved.records.len(),
+        downloaded,
+        rootfs_bytes: assembled.tree.total_size(),
+        initrd_bytes: manifest.artifact_size("initrd.img"),
+        kernel_bytes: manifest.artifact_size("vmlinuz"),
+        disk_bytes: loaded
+            .profile
+            .image
+            .disk
+            .as_ref()
+            .map(|_| manifest.artifact_size(DISK_IMAGE)),
+        dropped_files: assembled.tree.dropped().files,
+        dropped_bytes: assembled.tree.dropped().bytes,
+        modules: assembled.modules.load_order.len(),
+        seconds,
+        lock_changes: resolved.lock_changes,
+        unchanged,
+        unpacked_from_cache: from_unpack_cache.len(),
+        unpacked_from_cache_packages: from_unpack_cache,
+        unresolved_softdeps: assembled.modules.unresolved_softdeps,
+    })
+}
+
+/// Downloads what the cache lacks and unpacks every package into a tree.
+fn unpack(
+    resolved: &Resolved,
+    loaded: &LoadedProfile,
+    options: &BuildOptions,
+    seconds: &mut StepSeconds,
+) -> Result<Unpacked, BuildError> {
     let started = Instant::now();
     let downloaded = resolved
         .records
@@ -520,21 +693,44 @@ pub fn build(
         filter.exclude(pattern)?;
     }
     let mut tree = RootfsTree::new();
-    for (record, entries) in resolved
+    let mut from_unpack_cache = Vec::new();
+    for (record, (entries, status)) in resolved
         .records
         .iter()
-        .zip(unpack_all(&resolved, &deb_paths, options)?)
+        .zip(unpack_all(resolved, &deb_paths, options)?)
     {
+        match status {
+            CacheStatus::Hit => from_unpack_cache.push(record.name.clone()),
+            CacheStatus::Stored => {}
+            CacheStatus::NotStored(reason) => eprintln!(
+                "applbuild: cannot cache the unpacked files of {}: {reason}",
+                record.name
+            ),
+        }
         tree.insert_package(&record.name, entries, &filter)?;
     }
     seconds.unpack = started.elapsed().as_secs_f64();
+    Ok(Unpacked {
+        tree,
+        downloaded,
+        from_unpack_cache,
+    })
+}
 
+/// Trims the kernel modules, adds the base layout and the overlay, and
+/// takes the kernel image out of the tree.
+fn assemble(
+    project: &Project,
+    loaded: &LoadedProfile,
+    mut tree: RootfsTree,
+    seconds: &mut StepSeconds,
+) -> Result<Assembled, BuildError> {
     let started = Instant::now();
     let modules = kernel_modules::select_modules(&mut tree, &loaded.profile.kernel.modules)?;
-    let context = template_context(&loaded, &modules.kernel_version, &modules.load_order)?;
+    let context = template_context(loaded, &modules.kernel_version, &modules.load_order)?;
     let renderer = Renderer::new(&context);
     add_base_layout(&mut tree)?;
-    for item in overlay::read_layers(&project.overlay_layers(name), &renderer)? {
+    for item in overlay::read_layers(&project.overlay_layers(&loaded.name), &renderer)? {
         match item.kind {
             OverlayKind::File { contents, mode } => {
                 tree.add_file(&item.path, contents, mode, 0, 0)?
@@ -543,115 +739,94 @@ pub fn build(
             OverlayKind::Symlink { target } => tree.add_symlink(&item.path, &target)?,
         }
     }
-    let kernel_image = match tree.get(&modules.vmlinuz).map(|node| &node.kind) {
-        Some(EntryKind::File(contents)) => contents.clone(),
+    let kernel = match tree.get(&modules.vmlinuz).map(|node| &node.kind) {
+        Some(EntryKind::File(contents)) => Arc::clone(contents),
         _ => unreachable!("select_modules checked that the kernel image is a file"),
     };
     tree.remove(&modules.vmlinuz)?;
     seconds.assemble = started.elapsed().as_secs_f64();
+    Ok(Assembled {
+        tree,
+        kernel,
+        modules,
+    })
+}
 
+/// Writes `initrd.img`, `vmlinuz` and, when the profile asks, `disk.img`
+/// into a fresh staging folder, keeping each file's size and hash.
+fn write_artifacts(
+    loaded: &LoadedProfile,
+    resolved: &Resolved,
+    assembled: &Assembled,
+    options: &BuildOptions,
+    seconds: &mut StepSeconds,
+) -> Result<Artifacts, BuildError> {
     let started = Instant::now();
-    let image_dir = options.out_dir.join(name);
-    let staging = staging_dir(&options.out_dir, name)?;
-    let plan = segment_plan(&modules.modules_dir);
-    let initrd_path = staging.path().join("initrd.img");
-    initramfs::write_initramfs(
-        &tree,
-        &plan,
+    let staging = staging_dir(&options.out_dir, &loaded.name)?;
+    let initrd = initramfs::write_initramfs(
+        &assembled.tree,
+        &segment_plan(&assembled.modules.modules_dir),
         resolved.cache.root(),
         loaded.profile.image.compression_level,
-        &initrd_path,
+        &staging.path().join("initrd.img"),
         &options.reporter,
     )?;
     let kernel_path = staging.path().join("vmlinuz");
-    std::fs::write(&kernel_path, &kernel_image).map_err(output_error(&kernel_path))?;
+    std::fs::write(&kernel_path, &assembled.kernel).map_err(output_error(&kernel_path))?;
     seconds.compress = started.elapsed().as_secs_f64();
 
-    // Artifacts are listed sorted by name.
-    let mut files = Vec::new();
+    let mut artifacts = Vec::new();
     if let Some(disk) = &loaded.profile.image.disk {
         let started = Instant::now();
-        write_disk_image(staging.path(), disk)?;
-        seconds.disk = started.elapsed().as_secs_f64();
-        files.push(DISK_IMAGE);
-    }
-    files.extend(["initrd.img", "vmlinuz"]);
-    let mut artifacts = Vec::new();
-    for file in files {
-        let path = staging.path().join(file);
+        let path = write_disk_image(staging.path(), disk)?;
         artifacts.push(Artifact {
-            file: file.into(),
+            file: DISK_IMAGE.into(),
             size: std::fs::metadata(&path).map_err(output_error(&path))?.len(),
             sha256: sha256_file(&path).map_err(output_error(&path))?,
         });
+        seconds.disk = started.elapsed().as_secs_f64();
     }
-    let manifest = Manifest {
-        profile: name.into(),
-        profile_digest: loaded.digest(),
-        inputs_digest: String::new(),
-        applbuild_version: env!("CARGO_PKG_VERSION").into(),
-        distribution: format!(
-            "{}/{}",
-            loaded.profile.distribution.suite, loaded.profile.distribution.architecture
-        ),
-        kernel_release: modules.kernel_version.clone(),
-        rootfs_digest: hex::encode(tree.digest()),
-        modules: modules.load_order.clone(),
-        packages: resolved.records.iter().map(manifest_package).collect(),
-        artifacts,
-    };
+    artifacts.push(Artifact {
+        file: "initrd.img".into(),
+        size: initrd.total_bytes,
+        sha256: initrd.sha256,
+    });
+    artifacts.push(Artifact {
+        file: "vmlinuz".into(),
+        size: assembled.kernel.len() as u64,
+        sha256: hex::encode(Sha256::digest(&assembled.kernel)),
+    });
+    Ok(Artifacts { staging, artifacts })
+}
 
-    // The lock file is written before the inputs digest is taken, since the
-    // digest covers the locked versions.
-    if !options.locked {
-        // Two builds of different profiles may finish together: the
-        // read-modify-write of the shared lock file is serialised.
-        let project_dir =
-            std::fs::File::open(project.root()).map_err(output_error(project.root()))?;
-        project_dir.lock().map_err(output_error(project.root()))?;
-        let mut lock = Lockfile::load(&project.lockfile())?.unwrap_or_default();
-        lock.set_profile(name, &resolved.records);
-        lock.save(&project.lockfile())?;
-        project_dir.unlock().map_err(output_error(project.root()))?;
+/// Records the resolved packages in the lock file, unless it already holds
+/// exactly them. Two builds of different profiles may finish together, so
+/// the read-modify-write runs under a lock on the project folder and reads
+/// the file again there, keeping the other build's entry.
+fn update_lock(project: &Project, name: &str, resolved: &Resolved) -> Result<(), BuildError> {
+    let mut expected = resolved.lock.clone().unwrap_or_default();
+    expected.set_profile(name, &resolved.records);
+    if resolved.lock.as_ref() == Some(&expected) {
+        return Ok(());
     }
-    let manifest = Manifest {
-        inputs_digest: inputs_digest(project, &loaded),
-        ..manifest
-    };
-    let manifest_json = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
-    let manifest_path = staging.path().join(MANIFEST_FILE);
+    let project_dir = std::fs::File::open(project.root()).map_err(output_error(project.root()))?;
+    project_dir.lock().map_err(output_error(project.root()))?;
+    let mut lock = Lockfile::load(&project.lockfile())?.unwrap_or_default();
+    lock.set_profile(name, &resolved.records);
+    lock.save(&project.lockfile())?;
+    project_dir.unlock().map_err(output_error(project.root()))?;
+    Ok(())
+}
+
+/// Writes `manifest.json` and `SHA256SUMS` (which lists the manifest too).
+fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<(), BuildError> {
+    let manifest_json = serde_json::to_vec_pretty(manifest).expect("manifest serializes");
+    let manifest_path = dir.join(MANIFEST_FILE);
     std::fs::write(&manifest_path, &manifest_json).map_err(output_error(&manifest_path))?;
-    let sums_path = staging.path().join("SHA256SUMS");
+    let sums_path = dir.join("SHA256SUMS");
     std::fs::write(&sums_path, manifest.sha256sums(&manifest_json))
         .map_err(output_error(&sums_path))?;
-
-    let unchanged = Manifest::read(&image_dir).is_some_and(|previous| {
-        previous.artifacts == manifest.artifacts && previous.artifacts_intact(&image_dir)
-    });
-    replace_dir(staging, &image_dir)?;
-    seconds.total = total.elapsed().as_secs_f64();
-    Ok(BuildReport {
-        profile: name.into(),
-        out_dir: image_dir,
-        mirror_source: resolved.mirror_source,
-        packages: resolved.records.len(),
-        downloaded,
-        rootfs_bytes: tree.total_size(),
-        initrd_bytes: manifest.artifact_size("initrd.img"),
-        kernel_bytes: manifest.artifact_size("vmlinuz"),
-        disk_bytes: loaded
-            .profile
-            .image
-            .disk
-            .as_ref()
-            .map(|_| manifest.artifact_size(DISK_IMAGE)),
-        dropped_files: tree.dropped().files,
-        dropped_bytes: tree.dropped().bytes,
-        modules: modules.load_order.len(),
-        seconds,
-        lock_changes: resolved.lock_changes,
-        unchanged,
-    })
+    Ok(())
 }
 
 /// The GPT disk image's file name in the output folder.
@@ -659,8 +834,8 @@ pub const DISK_IMAGE: &str = "disk.img";
 
 /// Writes `dir/disk.img` from `dir/vmlinuz` and `dir/initrd.img`:
 /// partition 1 `kernel`, 2 `initrd`, 3 `data` (zeros; left out when
-/// `data_mib` is 0). See `docs/image.md`.
-fn write_disk_image(dir: &Path, disk: &profile::DiskImage) -> Result<(), BuildError> {
+/// `data_mib` is 0), and returns its path. See `docs/image.md`.
+fn write_disk_image(dir: &Path, disk: &profile::DiskImage) -> Result<PathBuf, BuildError> {
     let kernel = dir.join("vmlinuz");
     let initrd = dir.join("initrd.img");
     let mut partitions = vec![
@@ -681,8 +856,9 @@ fn write_disk_image(dir: &Path, disk: &profile::DiskImage) -> Result<(), BuildEr
             },
         });
     }
-    disk_image::write_gpt_image(&dir.join(DISK_IMAGE), &partitions)?;
-    Ok(())
+    let path = dir.join(DISK_IMAGE);
+    disk_image::write_gpt_image(&path, &partitions)?;
+    Ok(path)
 }
 
 /// Unpacks every package in parallel (from the unpacked cache when warm);
@@ -691,7 +867,7 @@ fn unpack_all(
     resolved: &Resolved,
     deb_paths: &[PathBuf],
     options: &BuildOptions,
-) -> Result<Vec<Vec<deb_archive::DataEntry>>, BuildError> {
+) -> Result<Vec<(Vec<deb_archive::DataEntry>, CacheStatus)>, BuildError> {
     use rayon::prelude::*;
     let task = options
         .reporter
@@ -704,7 +880,7 @@ fn unpack_all(
             let result =
                 deb_archive::read_data_entries_cached(path, &record.sha256, resolved.cache.root());
             task.inc(1);
-            result.map(|(entries, _)| entries)
+            result
         })
         .collect::<Result<Vec<_>, _>>()?;
     task.finish();

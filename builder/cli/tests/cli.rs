@@ -59,13 +59,18 @@ fn fake_module(fields: &[&str]) -> Vec<u8> {
 /// - `app`: depends on `gawk | mawk` (only `mawk` exists) and on the
 ///   virtual `libfoo` (provided by `libfoo1`).
 fn packages(busybox_version: &str) -> Vec<FakePackage> {
+    packages_with_module_a(busybox_version, &["name=a", "depends=b"])
+}
+
+/// [`packages`], with these `.modinfo` fields in module `a`.
+fn packages_with_module_a(busybox_version: &str, module_a: &[&str]) -> Vec<FakePackage> {
     let modules = format!("/lib/modules/{RELEASE}");
     vec![
         FakePackage::new("linux-image-test", "6.1.0-1")
             .file(&format!("/boot/vmlinuz-{RELEASE}"), KERNEL, 0o644)
             .file(
                 &format!("{modules}/kernel/drivers/x/a.ko"),
-                &fake_module(&["name=a", "depends=b"]),
+                &fake_module(module_a),
                 0o644,
             )
             .file(
@@ -486,6 +491,49 @@ fn second_build_offline_downloads_nothing() {
     assert_eq!(
         fs::read(fixture.path("out2/tiny/initrd.img")).unwrap(),
         fs::read(fixture.path("out1/tiny/initrd.img")).unwrap()
+    );
+}
+
+#[test]
+fn report_names_unpack_cache_hits_and_unresolved_softdeps() {
+    let fixture = Fixture::new();
+    fixture.repo.publish(&packages_with_module_a(
+        BUSYBOX_OLD,
+        &["name=a", "depends=b", "softdep=pre: crc_missing"],
+    ));
+    let first = fixture.build("out1", "cache", &["--json"]).success();
+    let report: serde_json::Value = serde_json::from_slice(&first.get_output().stdout).unwrap();
+    assert_eq!(report[0]["unpacked_from_cache"], 0);
+    assert_eq!(
+        report[0]["unpacked_from_cache_packages"],
+        serde_json::json!([])
+    );
+    assert_eq!(
+        report[0]["unresolved_softdeps"],
+        serde_json::json!(["a: crc_missing"])
+    );
+
+    let second = fixture.build("out2", "cache", &["--json"]).success();
+    let report: serde_json::Value = serde_json::from_slice(&second.get_output().stdout).unwrap();
+    assert_eq!(report[0]["unpacked_from_cache"], RESOLVED.len());
+    let mut names: Vec<&str> = report[0]["unpacked_from_cache_packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|name| name.as_str().unwrap())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, RESOLVED);
+
+    let third = fixture.build("out3", "cache", &[]).success();
+    let summary = text(&third.get_output().stdout);
+    assert!(
+        summary.contains("5 of 5 packages unpacked from the unpack cache"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("unresolved module soft dependency: a: crc_missing"),
+        "{summary}"
     );
 }
 

@@ -70,7 +70,17 @@ fn fetch_index(
     cache: &Cache,
     offline: bool,
 ) -> Result<(PackageIndex, IndexInfo), RepositoryError> {
-    repository(repo, offline).fetch_index(cache, &Reporter::hidden())
+    fetch_index_with(&repository(repo, offline), cache)
+}
+
+/// The verified index, the way a build reads it: blobs first, then the parse.
+fn fetch_index_with(
+    repository: &Repository,
+    cache: &Cache,
+) -> Result<(PackageIndex, IndexInfo), RepositoryError> {
+    let info = repository.fetch_index_info(cache, &Reporter::hidden())?;
+    let index = repository.load_index(cache, &info)?;
+    Ok((index, info))
 }
 
 fn records(index: &PackageIndex) -> Vec<PackageRecord> {
@@ -137,11 +147,14 @@ fn index_and_packages_are_fetched_verified_and_then_served_from_the_cache() {
             "{control}"
         );
     }
-    let entries = DebArchive::open(&paths[1]).unwrap().data_entries().unwrap();
-    let summary: Vec<(String, EntryKind, u32)> = entries
-        .into_iter()
-        .map(|e| (e.path, e.kind, e.mode))
-        .collect();
+    let mut summary: Vec<(String, EntryKind, u32)> = Vec::new();
+    DebArchive::open(&paths[1])
+        .unwrap()
+        .for_each_data_entry(|e| {
+            summary.push((e.path, e.kind, e.mode));
+            Ok::<(), applbuild_rootfs::deb_archive::DebError>(())
+        })
+        .unwrap();
     assert_eq!(
         summary,
         [
@@ -338,12 +351,11 @@ fn release_for_another_suite_is_rejected() {
     let Setup { _dir, repo, cache } = setup();
     let dists = repo.root.join("dists");
     fs::rename(dists.join("bookworm"), dists.join("trixie")).unwrap();
-    let error = Repository::new(RepositoryConfig {
+    let repository = Repository::new(RepositoryConfig {
         suite: "trixie".into(),
         ..repository_config(&repo)
-    })
-    .fetch_index(&cache, &Reporter::hidden())
-    .unwrap_err();
+    });
+    let error = fetch_index_with(&repository, &cache).unwrap_err();
     assert!(
         matches!(error, RepositoryError::WrongSuite { .. }),
         "{error}"
@@ -370,12 +382,11 @@ fn expired_release_is_rejected() {
 #[test]
 fn missing_component_is_named() {
     let Setup { _dir, repo, cache } = setup();
-    let error = Repository::new(RepositoryConfig {
+    let repository = Repository::new(RepositoryConfig {
         components: vec!["main".into(), "contrib".into()],
         ..repository_config(&repo)
-    })
-    .fetch_index(&cache, &Reporter::hidden())
-    .unwrap_err();
+    });
+    let error = fetch_index_with(&repository, &cache).unwrap_err();
     assert!(
         error.to_string().contains("contrib/binary-amd64/Packages"),
         "{error}"
@@ -403,12 +414,11 @@ fn offline_without_a_cached_inrelease_says_what_is_missing() {
 #[test]
 fn keyring_path_is_named_when_missing() {
     let Setup { _dir, repo, cache } = setup();
-    let error = Repository::new(RepositoryConfig {
+    let repository = Repository::new(RepositoryConfig {
         keyring: Path::new("/nonexistent/archive.gpg").to_path_buf(),
         ..repository_config(&repo)
-    })
-    .fetch_index(&cache, &Reporter::hidden())
-    .unwrap_err();
+    });
+    let error = fetch_index_with(&repository, &cache).unwrap_err();
     assert!(
         error.to_string().contains("/nonexistent/archive.gpg"),
         "{error}"

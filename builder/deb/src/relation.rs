@@ -240,51 +240,8 @@ fn parse_dependency(relation: &str, text: &str) -> Result<Dependency, RelationEr
             name: name.to_owned(),
         });
     }
-    let mut rest = &item[name_end..];
-
-    let arch = match rest.strip_prefix(':') {
-        Some(after) => {
-            let end = after
-                .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'))
-                .unwrap_or(after.len());
-            if end == 0 {
-                return Err(RelationError::InvalidArch {
-                    item: item.to_owned(),
-                    arch: after.to_owned(),
-                });
-            }
-            rest = &after[end..];
-            Some(after[..end].to_owned())
-        }
-        None => None,
-    };
-
-    rest = rest.trim_start();
-    let constraint = match rest.strip_prefix('(') {
-        Some(after) => {
-            let (inner, after) = split_closing(item, after, '(', ')')?;
-            rest = after;
-            let inner = inner.trim();
-            let op_len = inner
-                .bytes()
-                .take_while(|b| matches!(b, b'<' | b'>' | b'='))
-                .count();
-            let op = Op::parse(&inner[..op_len]).ok_or_else(|| RelationError::InvalidOperator {
-                item: item.to_owned(),
-                op: inner[..op_len].to_owned(),
-            })?;
-            let version =
-                inner[op_len..]
-                    .trim()
-                    .parse()
-                    .map_err(|source| RelationError::InvalidVersion {
-                        item: item.to_owned(),
-                        source,
-                    })?;
-            Some((op, version))
-        }
-        None => None,
-    };
+    let (arch, rest) = parse_arch_qualifier(item, &item[name_end..])?;
+    let (constraint, mut rest) = parse_constraint(item, rest.trim_start())?;
 
     // Architecture restrictions and build profiles only select build
     // dependencies; skip their contents after checking they are closed.
@@ -305,6 +262,58 @@ fn parse_dependency(relation: &str, text: &str) -> Result<Dependency, RelationEr
         arch,
         constraint,
     })
+}
+
+/// A `:arch` qualifier at the start of `rest`, and what follows it.
+fn parse_arch_qualifier<'t>(
+    item: &str,
+    rest: &'t str,
+) -> Result<(Option<String>, &'t str), RelationError> {
+    let Some(after) = rest.strip_prefix(':') else {
+        return Ok((None, rest));
+    };
+    let end = after
+        .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'))
+        .unwrap_or(after.len());
+    if end == 0 {
+        return Err(RelationError::InvalidArch {
+            item: item.to_owned(),
+            arch: after.to_owned(),
+        });
+    }
+    Ok((Some(after[..end].to_owned()), &after[end..]))
+}
+
+/// A version constraint: the operator and the version it compares with.
+type Constraint = (Op, DebVersion);
+
+/// A `(op version)` constraint at the start of `rest`, and what follows it.
+fn parse_constraint<'t>(
+    item: &str,
+    rest: &'t str,
+) -> Result<(Option<Constraint>, &'t str), RelationError> {
+    let Some(after) = rest.strip_prefix('(') else {
+        return Ok((None, rest));
+    };
+    let (inner, after) = split_closing(item, after, '(', ')')?;
+    let inner = inner.trim();
+    let op_len = inner
+        .bytes()
+        .take_while(|b| matches!(b, b'<' | b'>' | b'='))
+        .count();
+    let op = Op::parse(&inner[..op_len]).ok_or_else(|| RelationError::InvalidOperator {
+        item: item.to_owned(),
+        op: inner[..op_len].to_owned(),
+    })?;
+    let version =
+        inner[op_len..]
+            .trim()
+            .parse()
+            .map_err(|source| RelationError::InvalidVersion {
+                item: item.to_owned(),
+                source,
+            })?;
+    Ok((Some((op, version)), after))
 }
 
 /// Splits `text` at `close` into the bracketed content and what follows

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::io::{self, BufWriter, Write};
 
 use applbuild_rootfs::deb_archive::EntryKind;
-use applbuild_rootfs::rootfs::{Node, RootfsTree};
+use applbuild_rootfs::rootfs::Node;
 
 /// `S_IFREG`, `S_IFDIR`, `S_IFLNK` of `stat(2)`.
 const S_IFREG: u32 = 0o100_000;
@@ -24,11 +24,6 @@ const S_IFLNK: u32 = 0o120_000;
 
 /// The name that ends a newc archive.
 pub const TRAILER: &str = "TRAILER!!!";
-
-/// Writes the whole tree; see [`write_newc`].
-pub fn write_tree<W: Write>(tree: &RootfsTree, mtime: u32, out: W) -> io::Result<u64> {
-    write_newc(tree.iter(), mtime, out)
-}
 
 /// Writes `entries` as a newc archive ending in `TRAILER!!!` and returns the
 /// number of bytes written. Entries are sorted by path first. A hard link
@@ -41,42 +36,92 @@ pub fn write_newc<'a, W: Write>(
 ) -> io::Result<u64> {
     let mut entries: Vec<(&str, &Node)> = entries.into_iter().collect();
     entries.sort_by(|a, b| a.0.cmp(b.0));
-    let plan = LinkPlan::new(&entries)?;
+    let mut members = Members {
+        plan: LinkPlan::new(&entries)?,
+        subdirs: subdir_counts(&entries),
+        next_inode: 1,
+        group_inodes: HashMap::new(),
+    };
+    let mut out = CountingWriter {
+        inner: BufWriter::with_capacity(1 << 20, out),
+        written: 0,
+    };
+    for index in 0..entries.len() {
+        let (path, _) = entries[index];
+        let (header, data) = members.member(&entries, index, mtime)?;
+        write_header(&mut out, &header, path)?;
+        out.write_all(data)?;
+        pad(&mut out)?;
+    }
+    let trailer = Header {
+        inode: 0,
+        mode: 0,
+        uid: 0,
+        gid: 0,
+        nlink: 1,
+        mtime: 0,
+        size: 0,
+    };
+    write_header(&mut out, &trailer, TRAILER)?;
+    out.flush()?;
+    Ok(out.written)
+}
 
+/// How many subdirectories each directory has (for its link count).
+fn subdir_counts<'a>(entries: &[(&'a str, &Node)]) -> HashMap<&'a str, u32> {
     let mut subdirs: HashMap<&str, u32> = HashMap::new();
-    for (path, node) in &entries {
+    for (path, node) in entries {
         if node.kind == EntryKind::Dir {
             let parent = path.rsplit_once('/').map_or("", |(p, _)| p);
             *subdirs.entry(parent).or_default() += 1;
         }
     }
+    subdirs
+}
 
-    let mut out = CountingWriter {
-        inner: BufWriter::with_capacity(1 << 20, out),
-        written: 0,
-    };
-    let mut next_inode = 1u32;
-    let mut group_inodes: HashMap<usize, u32> = HashMap::new();
-    for (index, (path, node)) in entries.iter().enumerate() {
+/// Hands out inode numbers and link counts while the sorted entries are
+/// written one after the other.
+struct Members<'a> {
+    plan: LinkPlan,
+    subdirs: HashMap<&'a str, u32>,
+    next_inode: u32,
+    group_inodes: HashMap<usize, u32>,
+}
+
+impl Members<'_> {
+    /// The header and data of entry `index`.
+    fn member<'e>(
+        &mut self,
+        entries: &[(&str, &'e Node)],
+        index: usize,
+        mtime: u32,
+    ) -> io::Result<(Header, &'e [u8])> {
+        let (path, node) = entries[index];
         let (file_type, nlink, data, inode, metadata): (u32, u32, &[u8], u32, &Node) =
             match &node.kind {
                 EntryKind::Dir => {
-                    let nlink = 2 + subdirs.get(path).copied().unwrap_or(0);
-                    (S_IFDIR, nlink, &[], take(&mut next_inode), node)
+                    let nlink = 2 + self.subdirs.get(path).copied().unwrap_or(0);
+                    (S_IFDIR, nlink, &[], take(&mut self.next_inode), node)
                 }
-                EntryKind::Symlink(target) => {
-                    (S_IFLNK, 1, target.as_bytes(), take(&mut next_inode), node)
-                }
+                EntryKind::Symlink(target) => (
+                    S_IFLNK,
+                    1,
+                    target.as_bytes(),
+                    take(&mut self.next_inode),
+                    node,
+                ),
                 EntryKind::File(_) | EntryKind::Hardlink(_) => {
-                    let group = plan.group_of[index];
-                    let (file, members) = &plan.groups[group];
+                    let group = self.plan.group_of[index];
+                    let (file, members) = &self.plan.groups[group];
                     let file_node = entries[*file].1;
                     let EntryKind::File(contents) = &file_node.kind else {
                         unreachable!("link groups are built around regular files");
                     };
-                    let inode = *group_inodes
+                    let next_inode = &mut self.next_inode;
+                    let inode = *self
+                        .group_inodes
                         .entry(group)
-                        .or_insert_with(|| take(&mut next_inode));
+                        .or_insert_with(|| take(next_inode));
                     let last = *members.last().expect("a group has members");
                     let data: &[u8] = if index == last { contents } else { &[] };
                     (S_IFREG, members.len() as u32, data, inode, file_node)
@@ -88,37 +133,17 @@ pub fn write_newc<'a, W: Write>(
                 format!("{path}: {} bytes is too large for cpio newc", data.len()),
             )
         })?;
-        write_header(
-            &mut out,
-            &Header {
-                inode,
-                mode: file_type | (metadata.mode & 0o7777),
-                uid: metadata.uid,
-                gid: metadata.gid,
-                nlink,
-                mtime,
-                size,
-            },
-            path,
-        )?;
-        out.write_all(data)?;
-        pad(&mut out)?;
+        let header = Header {
+            inode,
+            mode: file_type | (metadata.mode & 0o7777),
+            uid: metadata.uid,
+            gid: metadata.gid,
+            nlink,
+            mtime,
+            size,
+        };
+        Ok((header, data))
     }
-    write_header(
-        &mut out,
-        &Header {
-            inode: 0,
-            mode: 0,
-            uid: 0,
-            gid: 0,
-            nlink: 1,
-            mtime: 0,
-            size: 0,
-        },
-        TRAILER,
-    )?;
-    out.flush()?;
-    Ok(out.written)
 }
 
 fn take(counter: &mut u32) -> u32 {
@@ -244,6 +269,7 @@ impl<W: Write> Write for CountingWriter<W> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use applbuild_rootfs::rootfs::RootfsTree;
     use std::sync::Arc;
 
     /// One member as read back from an archive.
@@ -327,7 +353,7 @@ pub(crate) mod tests {
     fn round_trips_paths_modes_owners_and_data() {
         let tree = sample_tree();
         let mut bytes = Vec::new();
-        let written = write_tree(&tree, 1_234, &mut bytes).unwrap();
+        let written = write_newc(tree.iter(), 1_234, &mut bytes).unwrap();
         assert_eq!(written, bytes.len() as u64);
         assert_eq!(bytes.len() % 4, 0);
         let members = read_newc(&bytes);
@@ -357,7 +383,7 @@ pub(crate) mod tests {
     fn output_is_deterministic_and_order_independent() {
         let tree = sample_tree();
         let mut one = Vec::new();
-        write_tree(&tree, 0, &mut one).unwrap();
+        write_newc(tree.iter(), 0, &mut one).unwrap();
         let mut reversed: Vec<(&str, &Node)> = tree.iter().collect();
         reversed.reverse();
         let mut two = Vec::new();
@@ -407,7 +433,7 @@ pub(crate) mod tests {
         assert!(output.status.success());
         let tree = sample_tree();
         let mut bytes = Vec::new();
-        write_tree(&tree, 0, &mut bytes).unwrap();
+        write_newc(tree.iter(), 0, &mut bytes).unwrap();
         let mut child = std::process::Command::new("cpio")
             .args(["-itv", "--quiet"])
             .stdin(std::process::Stdio::piped())

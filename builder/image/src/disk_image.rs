@@ -247,40 +247,83 @@ pub fn write_gpt_image(
             count: partitions.len(),
         });
     }
-    let mut sources = Vec::with_capacity(partitions.len());
-    for content in partitions {
-        let units = content.name.encode_utf16().count();
-        if units > MAX_NAME_UNITS {
-            return Err(DiskImageError::NameTooLong {
-                path: path.to_path_buf(),
-                name: content.name.into(),
-                units,
-            });
-        }
-        sources.push(match content.source {
-            PartitionSource::File(source) => {
-                let read_error = |error| DiskImageError::Read {
-                    path: source.to_path_buf(),
-                    source: error,
-                };
-                let file = File::open(source).map_err(read_error)?;
-                let bytes = file.metadata().map_err(read_error)?.len();
-                OpenedSource {
-                    content,
-                    file: Some(file),
-                    bytes,
-                }
-            }
-            PartitionSource::Zeros { bytes } => OpenedSource {
-                content,
-                file: None,
-                bytes,
-            },
+    let mut sources = partitions
+        .iter()
+        .map(|content| open_source(path, content))
+        .collect::<Result<Vec<_>, _>>()?;
+    let Extents {
+        partitions: extents,
+        total_lbas,
+        total_bytes,
+    } = plan_extents(path, &sources)?;
+
+    let write_error = |source| DiskImageError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let image = File::create(path).map_err(write_error)?;
+    image.set_len(total_bytes).map_err(write_error)?;
+    image
+        .write_all_at(&protective_mbr(total_lbas), 0)
+        .map_err(write_error)?;
+    let (layouts, disk_guid) = write_partitions(&image, path, &mut sources, &extents)?;
+    write_tables(&image, &layouts, total_lbas, disk_guid).map_err(write_error)?;
+    Ok(DiskLayout {
+        total_lbas,
+        total_bytes,
+        disk_guid,
+        partitions: layouts,
+    })
+}
+
+/// Checks a partition's name and opens its file, if it has one.
+fn open_source<'a>(
+    path: &Path,
+    content: &'a PartitionContent<'a>,
+) -> Result<OpenedSource<'a>, DiskImageError> {
+    let units = content.name.encode_utf16().count();
+    if units > MAX_NAME_UNITS {
+        return Err(DiskImageError::NameTooLong {
+            path: path.to_path_buf(),
+            name: content.name.into(),
+            units,
         });
     }
+    Ok(match content.source {
+        PartitionSource::File(source) => {
+            let read_error = |error| DiskImageError::Read {
+                path: source.to_path_buf(),
+                source: error,
+            };
+            let file = File::open(source).map_err(read_error)?;
+            let bytes = file.metadata().map_err(read_error)?.len();
+            OpenedSource {
+                content,
+                file: Some(file),
+                bytes,
+            }
+        }
+        PartitionSource::Zeros { bytes } => OpenedSource {
+            content,
+            file: None,
+            bytes,
+        },
+    })
+}
 
-    // Partition extents: each starts where the previous ended, which is
-    // always on a MiB boundary since every size is a whole number of MiB.
+/// Where the partitions go and how large the image is.
+struct Extents {
+    /// First and last LBA of each partition.
+    partitions: Vec<(u64, u64)>,
+    /// Sectors in the image.
+    total_lbas: u64,
+    /// Bytes in the image.
+    total_bytes: u64,
+}
+
+/// Partition extents, the image's sectors and bytes. Each partition starts where the previous ended, which is always on a MiB
+/// boundary since every size is a whole number of MiB.
+fn plan_extents(path: &Path, sources: &[OpenedSource]) -> Result<Extents, DiskImageError> {
     let too_large = |source: &OpenedSource| DiskImageError::TooLarge {
         path: path.to_path_buf(),
         name: source.content.name.into(),
@@ -288,7 +331,7 @@ pub fn write_gpt_image(
     };
     let mut extents = Vec::with_capacity(sources.len());
     let mut next_lba = ALIGNMENT_SECTORS;
-    for source in &sources {
+    for source in sources {
         let sectors = mib_sectors(source.bytes).ok_or_else(|| too_large(source))?;
         let end = next_lba
             .checked_add(sectors)
@@ -301,22 +344,26 @@ pub fn write_gpt_image(
         .checked_mul(SECTOR_SIZE)
         .filter(|bytes| i64::try_from(*bytes).is_ok())
         .ok_or_else(|| too_large(sources.last().expect("only partitions overflow")))?;
+    Ok(Extents {
+        partitions: extents,
+        total_lbas,
+        total_bytes,
+    })
+}
 
-    let write_error = |source| DiskImageError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
-    let image = File::create(path).map_err(write_error)?;
-    image.set_len(total_bytes).map_err(write_error)?;
-    image
-        .write_all_at(&protective_mbr(total_lbas), 0)
-        .map_err(write_error)?;
-
+/// Copies each partition's content into `image` and derives the partition
+/// GUIDs and the disk GUID from numbers, names and contents.
+fn write_partitions(
+    image: &File,
+    path: &Path,
+    sources: &mut [OpenedSource],
+    extents: &[(u64, u64)],
+) -> Result<(Vec<PartitionLayout>, Guid), DiskImageError> {
     let mut layouts = Vec::with_capacity(sources.len());
     let mut disk_hasher = Sha256::new();
     disk_hasher.update(GUID_DOMAIN);
     disk_hasher.update(b"disk\0");
-    for (index, (source, &(first_lba, last_lba))) in sources.iter_mut().zip(&extents).enumerate() {
+    for (index, (source, &(first_lba, last_lba))) in sources.iter_mut().zip(extents).enumerate() {
         let number = u32::try_from(index + 1).expect("at most 128 partitions");
         let content_id = match (&mut source.file, source.content.source) {
             (Some(file), PartitionSource::File(from)) => {
@@ -324,7 +371,7 @@ pub fn write_gpt_image(
                     file,
                     from,
                     source.bytes,
-                    &image,
+                    image,
                     path,
                     first_lba * SECTOR_SIZE,
                 )?;
@@ -350,9 +397,17 @@ pub fn write_gpt_image(
             guid: Guid::from_digest(&digest),
         });
     }
-    let disk_guid = Guid::from_digest(&disk_hasher.finalize());
+    Ok((layouts, Guid::from_digest(&disk_hasher.finalize())))
+}
 
-    let entries = entry_array(&layouts);
+/// Writes the primary and backup partition entry arrays and GPT headers.
+fn write_tables(
+    image: &File,
+    layouts: &[PartitionLayout],
+    total_lbas: u64,
+    disk_guid: Guid,
+) -> io::Result<()> {
+    let entries = entry_array(layouts);
     let entries_crc = crc32fast::hash(&entries);
     let last_lba = total_lbas - 1;
     let backup_entries_lba = last_lba - ENTRY_ARRAY_SECTORS;
@@ -372,16 +427,9 @@ pub fn write_gpt_image(
         (entries.as_slice(), backup_entries_lba),
         (&header(last_lba, 1, backup_entries_lba)[..], last_lba),
     ] {
-        image
-            .write_all_at(bytes, lba * SECTOR_SIZE)
-            .map_err(write_error)?;
+        image.write_all_at(bytes, lba * SECTOR_SIZE)?;
     }
-    Ok(DiskLayout {
-        total_lbas,
-        total_bytes,
-        disk_guid,
-        partitions: layouts,
-    })
+    Ok(())
 }
 
 /// Sectors of a partition holding `bytes`: whole MiB, at least one.

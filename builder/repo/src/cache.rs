@@ -12,6 +12,7 @@ use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
+use applbuild_fs::{AtomicFile, write_atomic};
 use sha2::{Digest, Sha256};
 
 /// Why a cache operation failed.
@@ -48,14 +49,6 @@ pub enum CacheError {
         /// Hash from the index.
         expected: String,
         /// Hash of what arrived.
-        actual: String,
-    },
-    /// A blob already in the cache no longer matches its name; it was removed.
-    #[error("cached blob {} is corrupt (its SHA256 is {actual}); removed it", path.display())]
-    Corrupt {
-        /// Where the blob was.
-        path: PathBuf,
-        /// Hash of its content.
         actual: String,
     },
     /// A hash given by a caller is not 64 lowercase hex digits, so it cannot name a blob.
@@ -130,30 +123,9 @@ impl Cache {
     }
 
     /// The blob with this SHA256 if present. Presence means it was verified
-    /// when written; use [`Cache::verify`] to check it again.
+    /// when written.
     pub fn get(&self, sha256: &str) -> Option<PathBuf> {
         self.blob_path(sha256).ok().filter(|path| path.is_file())
-    }
-
-    /// Re-hashes a cached blob. `Ok(None)` if absent; a blob that no longer
-    /// matches its name is deleted and reported as [`CacheError::Corrupt`].
-    pub fn verify(&self, sha256: &str) -> Result<Option<PathBuf>, CacheError> {
-        let path = self.blob_path(sha256)?;
-        let io_error = |source| CacheError::Io {
-            path: path.clone(),
-            source,
-        };
-        let mut file = match File::open(&path) {
-            Ok(file) => file,
-            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(error) => return Err(io_error(error)),
-        };
-        let (actual, _) = hash_reader(&mut file).map_err(io_error)?;
-        if actual == sha256 {
-            return Ok(Some(path));
-        }
-        fs::remove_file(&path).map_err(io_error)?;
-        Err(CacheError::Corrupt { path, actual })
     }
 
     /// Stores a blob: `fill` writes the content into a fresh temporary file,
@@ -170,19 +142,15 @@ impl Cache {
         if target.is_file() {
             return Ok(target);
         }
-        let dir = self.blob_dir();
         let io_error = |path: &Path, source| CacheError::Io {
             path: path.to_path_buf(),
             source,
         };
-        // Dropping the NamedTempFile on any early return deletes it.
-        let mut temp = tempfile::Builder::new()
-            .prefix(".incoming-")
-            .tempfile_in(&dir)
-            .map_err(|source| io_error(&dir, source))?;
+        // Dropping the AtomicFile on any early return deletes it.
+        let mut temp = AtomicFile::create(&target).map_err(|source| io_error(&target, source))?;
         fill(temp.as_file_mut()).map_err(InsertError::Fill)?;
 
-        let temp_path = temp.path().to_path_buf();
+        let temp_path = temp.temp_path().to_path_buf();
         let file = temp.as_file_mut();
         file.flush()
             .map_err(|source| io_error(&temp_path, source))?;
@@ -214,11 +182,7 @@ impl Cache {
             }
             .into());
         }
-        file.sync_all()
-            .map_err(|source| io_error(&temp_path, source))?;
-        temp.persist(&target)
-            .map_err(|error| io_error(&target, error.error))?;
-        sync_dir(&dir)?;
+        temp.commit().map_err(|source| io_error(&target, source))?;
         Ok(target)
     }
 
@@ -230,22 +194,11 @@ impl Cache {
     /// Remembers `contents` as the latest verified copy of `url` (an
     /// InRelease), replacing the previous one atomically.
     pub fn store_latest(&self, url: &str, contents: &[u8]) -> Result<PathBuf, CacheError> {
-        let dir = self.latest_dir();
         let target = self.latest_path(url);
-        let io_error = |path: &Path, source| CacheError::Io {
-            path: path.to_path_buf(),
+        write_atomic(&target, contents).map_err(|source| CacheError::Io {
+            path: target.clone(),
             source,
-        };
-        let mut temp = tempfile::Builder::new()
-            .prefix(".incoming-")
-            .tempfile_in(&dir)
-            .map_err(|source| io_error(&dir, source))?;
-        temp.write_all(contents)
-            .and_then(|()| temp.as_file().sync_all())
-            .map_err(|source| io_error(temp.path(), source))?;
-        temp.persist(&target)
-            .map_err(|error| io_error(&target, error.error))?;
-        sync_dir(&dir)?;
+        })?;
         Ok(target)
     }
 
@@ -275,17 +228,6 @@ fn hash_reader(reader: &mut impl Read) -> io::Result<(String, u64)> {
     Ok((hex::encode(hasher.finalize()), total))
 }
 
-/// Makes a rename durable: without syncing the folder, a power cut can
-/// forget the new name even though the file's data was synced.
-fn sync_dir(dir: &Path) -> Result<(), CacheError> {
-    File::open(dir)
-        .and_then(|handle| handle.sync_all())
-        .map_err(|source| CacheError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,7 +245,7 @@ mod tests {
     }
 
     #[test]
-    fn insert_then_get_and_verify() {
+    fn insert_then_get() {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::open(dir.path()).unwrap();
         let data = b"package bytes";
@@ -314,8 +256,7 @@ mod tests {
             .unwrap();
         assert_eq!(path, dir.path().join("blobs/sha256").join(&digest));
         assert_eq!(fs::read(&path).unwrap(), data);
-        assert_eq!(cache.get(&digest), Some(path.clone()));
-        assert_eq!(cache.verify(&digest).unwrap(), Some(path));
+        assert_eq!(cache.get(&digest), Some(path));
         assert!(leftovers(&cache).is_empty());
     }
 
@@ -391,23 +332,6 @@ mod tests {
     }
 
     #[test]
-    fn corrupt_blob_is_detected_and_removed() {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = Cache::open(dir.path()).unwrap();
-        let digest = sha(b"original");
-        let path = cache
-            .insert_verified(&digest, 8, |file| file.write_all(b"original"))
-            .unwrap();
-        fs::write(&path, b"0riginal").unwrap();
-        let error = cache.verify(&digest).unwrap_err();
-        assert!(
-            matches!(&error, CacheError::Corrupt { actual, .. } if *actual == sha(b"0riginal"))
-        );
-        assert!(!path.exists());
-        assert_eq!(cache.verify(&digest).unwrap(), None);
-    }
-
-    #[test]
     fn digests_that_are_not_hex_cannot_escape_the_cache() {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::open(dir.path()).unwrap();
@@ -419,7 +343,7 @@ mod tests {
             error,
             InsertError::Cache(CacheError::BadDigest(_))
         ));
-        assert!(cache.verify(&"A".repeat(64)).is_err());
+        assert_eq!(cache.get(&"A".repeat(64)), None);
     }
 
     #[test]
@@ -439,10 +363,8 @@ mod tests {
                 });
             }
         });
-        assert_eq!(
-            cache.verify(&digest).unwrap(),
-            Some(cache.blob_dir().join(&digest))
-        );
+        let path = cache.get(&digest).unwrap();
+        assert_eq!(sha(&fs::read(path).unwrap()), digest);
         assert!(leftovers(&cache).is_empty());
     }
 

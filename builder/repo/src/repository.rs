@@ -229,26 +229,8 @@ impl Repository {
         }
     }
 
-    /// The configuration this repository was made with.
-    pub fn config(&self) -> &RepositoryConfig {
-        &self.config
-    }
-
     fn dists_url(&self, path: &str) -> String {
         format!("{}/dists/{}/{}", self.mirror, self.config.suite, path)
-    }
-
-    /// Fetches and verifies InRelease, then every configured component's
-    /// `Packages` index (from the cache when its Release hash is already
-    /// there), and returns the merged index and where it came from.
-    pub fn fetch_index(
-        &self,
-        cache: &Cache,
-        progress: &Reporter,
-    ) -> Result<(PackageIndex, IndexInfo), RepositoryError> {
-        let info = self.fetch_index_info(cache, progress)?;
-        let index = self.load_index(cache, &info)?;
-        Ok((index, info))
     }
 
     /// Reads the verified `Packages` blobs that [`Self::fetch_index_info`]

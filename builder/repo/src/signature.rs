@@ -137,11 +137,6 @@ impl Keyring {
         })
     }
 
-    /// Where the keyring was read from.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Verifies a cleartext-signed file (`file` names it in errors) and
     /// returns the signed text, dash-escaping undone, with `\n` line ends and
     /// a final newline. Succeeds when at least one signature verifies with a

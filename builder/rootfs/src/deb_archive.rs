@@ -12,6 +12,7 @@ use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use applbuild_fs::AtomicFile;
 use thiserror::Error;
 
 /// Files and pipes read through buffers this large: big enough that the
@@ -253,11 +254,6 @@ impl DebArchive {
         })
     }
 
-    /// The path this archive was opened from.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// The text of `./control` from `control.tar.*`.
     pub fn control(&self) -> Result<String, DebError> {
         let member = &self.control;
@@ -303,16 +299,6 @@ impl DebArchive {
         self.with_member(member, |reader| {
             read_tar(reader, &self.path, &member.name, &mut f).map_err(ReadTarError::flatten)
         })
-    }
-
-    /// All entries of `data.tar.*`, in archive order.
-    pub fn data_entries(&self) -> Result<Vec<DataEntry>, DebError> {
-        let mut entries = Vec::new();
-        self.for_each_data_entry(|entry| {
-            entries.push(entry);
-            Ok::<(), DebError>(())
-        })?;
-        Ok(entries)
     }
 
     /// Opens `member` decompressed and hands it to `f`.
@@ -383,7 +369,7 @@ where
 
     let deb = DebArchive::open(deb_path)?;
     let member = &deb.data;
-    let (copy, failure) = match CacheWriter::create(&dir) {
+    let (copy, failure) = match CacheWriter::create(&cached) {
         Ok(writer) => (Some(writer), None),
         Err(error) => (None, Some(format!("{}: {error}", dir.display()))),
     };
@@ -405,7 +391,7 @@ where
     })?;
     Ok(match (copy, failure) {
         (_, Some(reason)) => CacheStatus::NotStored(reason),
-        (Some(writer), None) => match writer.persist(&cached) {
+        (Some(writer), None) => match writer.commit() {
             Ok(()) => CacheStatus::Stored,
             Err(error) => CacheStatus::NotStored(format!("{}: {error}", cached.display())),
         },
@@ -505,73 +491,105 @@ where
     let mut archive = tar::Archive::new(reader);
     for entry in archive.entries().map_err(tar_error)? {
         let mut entry = entry.map_err(tar_error)?;
-        let raw_path = entry.path_bytes().into_owned();
-        let entry_error = |source| {
-            ReadTarError::Read(DebError::Entry {
-                path: path.to_path_buf(),
-                member: member.to_string(),
-                entry: String::from_utf8_lossy(&raw_path).into_owned(),
-                source,
-            })
+        let place = EntryPlace {
+            path,
+            member,
+            raw_path: entry.path_bytes().into_owned(),
         };
-        let bad = |reason| {
-            ReadTarError::Read(DebError::BadEntry {
-                path: path.to_path_buf(),
-                member: member.to_string(),
-                entry: String::from_utf8_lossy(&raw_path).into_owned(),
-                reason,
-            })
-        };
-        let Some(normalized) = normalize(&raw_path) else {
-            return Err(bad("path is not UTF-8 or leaves the root"));
+        if let Some(data_entry) = place.read(&mut entry).map_err(ReadTarError::Read)? {
+            f(data_entry).map_err(ReadTarError::Consumer)?;
+        }
+    }
+    Ok(())
+}
+
+/// Where a tar entry sits (archive, member, stored path), for reading it
+/// and for naming it in errors.
+struct EntryPlace<'a> {
+    path: &'a Path,
+    member: &'a str,
+    raw_path: Vec<u8>,
+}
+
+impl EntryPlace<'_> {
+    fn entry_name(&self) -> String {
+        String::from_utf8_lossy(&self.raw_path).into_owned()
+    }
+
+    fn io_error(&self, source: io::Error) -> DebError {
+        DebError::Entry {
+            path: self.path.to_path_buf(),
+            member: self.member.to_string(),
+            entry: self.entry_name(),
+            source,
+        }
+    }
+
+    fn bad(&self, reason: &'static str) -> DebError {
+        DebError::BadEntry {
+            path: self.path.to_path_buf(),
+            member: self.member.to_string(),
+            entry: self.entry_name(),
+            reason,
+        }
+    }
+
+    /// The entry as a [`DataEntry`]; `None` for the archive's root (`./`).
+    fn read<R: Read>(&self, entry: &mut tar::Entry<R>) -> Result<Option<DataEntry>, DebError> {
+        let Some(normalized) = normalize(&self.raw_path) else {
+            return Err(self.bad("path is not UTF-8 or leaves the root"));
         };
         if normalized.is_empty() {
-            continue;
+            return Ok(None);
         }
         let header = entry.header();
-        let mode = header.mode().map_err(entry_error)? & 0o7777;
-        let uid = u32::try_from(header.uid().map_err(entry_error)?)
-            .map_err(|_| bad("uid does not fit 32 bits"))?;
-        let gid = u32::try_from(header.gid().map_err(entry_error)?)
-            .map_err(|_| bad("gid does not fit 32 bits"))?;
-        let kind = match header.entry_type() {
+        let mode = header.mode().map_err(|e| self.io_error(e))? & 0o7777;
+        let uid = u32::try_from(header.uid().map_err(|e| self.io_error(e))?)
+            .map_err(|_| self.bad("uid does not fit 32 bits"))?;
+        let gid = u32::try_from(header.gid().map_err(|e| self.io_error(e))?)
+            .map_err(|_| self.bad("gid does not fit 32 bits"))?;
+        Ok(Some(DataEntry {
+            path: normalized,
+            kind: self.kind(entry)?,
+            mode,
+            uid,
+            gid,
+        }))
+    }
+
+    /// File contents, link target or directory, by the entry's type.
+    fn kind<R: Read>(&self, entry: &mut tar::Entry<R>) -> Result<EntryKind, DebError> {
+        Ok(match entry.header().entry_type() {
             tar::EntryType::Regular | tar::EntryType::Continuous => {
-                let size =
-                    usize::try_from(entry.size()).map_err(|_| bad("file too large for memory"))?;
+                let size = usize::try_from(entry.size())
+                    .map_err(|_| self.bad("file too large for memory"))?;
                 let mut contents = Vec::with_capacity(size);
-                entry.read_to_end(&mut contents).map_err(entry_error)?;
+                entry
+                    .read_to_end(&mut contents)
+                    .map_err(|e| self.io_error(e))?;
                 EntryKind::File(Arc::from(contents))
             }
             tar::EntryType::Directory => EntryKind::Dir,
             tar::EntryType::Symlink => {
                 let target = entry
                     .link_name_bytes()
-                    .ok_or_else(|| bad("symlink without target"))?;
+                    .ok_or_else(|| self.bad("symlink without target"))?;
                 let target = String::from_utf8(target.into_owned())
-                    .map_err(|_| bad("symlink target is not UTF-8"))?;
+                    .map_err(|_| self.bad("symlink target is not UTF-8"))?;
                 EntryKind::Symlink(target)
             }
             tar::EntryType::Link => {
                 let target = entry
                     .link_name_bytes()
-                    .ok_or_else(|| bad("hard link without target"))?;
+                    .ok_or_else(|| self.bad("hard link without target"))?;
                 let target = normalize(&target)
                     .filter(|t| !t.is_empty())
-                    .ok_or_else(|| bad("hard link target is not UTF-8 or leaves the root"))?;
+                    .ok_or_else(|| self.bad("hard link target is not UTF-8 or leaves the root"))?;
                 EntryKind::Hardlink(target)
             }
-            _ => return Err(bad("unsupported entry type (device, fifo or other)")),
-        };
-        f(DataEntry {
-            path: normalized,
-            kind,
-            mode,
-            uid,
-            gid,
+            _ => return Err(self.bad("unsupported entry type (device, fifo or other)")),
         })
-        .map_err(ReadTarError::Consumer)?;
     }
-    Ok(())
 }
 
 /// Turns a stored path into the relative form used everywhere
@@ -652,30 +670,27 @@ fn decompressor<'a>(
 /// A zstd level-1 copy being written to a temporary file beside its final
 /// name.
 struct CacheWriter {
-    encoder: zstd::stream::write::Encoder<'static, io::BufWriter<tempfile::NamedTempFile>>,
+    encoder: zstd::stream::write::Encoder<'static, io::BufWriter<AtomicFile>>,
 }
 
 impl CacheWriter {
-    fn create(dir: &Path) -> io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
-        let temp = tempfile::Builder::new()
-            .prefix(".unpack-")
-            .suffix(".tmp")
-            .tempfile_in(dir)?;
+    fn create(target: &Path) -> io::Result<Self> {
+        if let Some(dir) = target.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let temp = AtomicFile::create(target)?;
         let mut encoder =
             zstd::stream::write::Encoder::new(io::BufWriter::with_capacity(READ_BUFFER, temp), 1)?;
         encoder.include_checksum(true)?;
         Ok(Self { encoder })
     }
 
-    fn persist(self, target: &Path) -> io::Result<()> {
-        let temp = self
-            .encoder
+    fn commit(self) -> io::Result<()> {
+        self.encoder
             .finish()?
             .into_inner()
-            .map_err(|error| error.into_error())?;
-        temp.persist(target).map_err(|error| error.error)?;
-        Ok(())
+            .map_err(|error| error.into_error())?
+            .commit()
     }
 }
 
@@ -808,8 +823,18 @@ pub(crate) mod tests {
         }
     }
 
+    /// All entries of `data.tar.*`, in archive order.
+    pub(crate) fn data_entries(deb: &DebArchive) -> Result<Vec<DataEntry>, DebError> {
+        let mut entries = Vec::new();
+        deb.for_each_data_entry(|entry| {
+            entries.push(entry);
+            Ok::<(), DebError>(())
+        })?;
+        Ok(entries)
+    }
+
     fn collect(deb: &DebArchive) -> Vec<DataEntry> {
-        deb.data_entries().unwrap()
+        data_entries(deb).unwrap()
     }
 
     #[test]
@@ -894,9 +919,7 @@ pub(crate) mod tests {
             ar.append(&header, bytes).unwrap();
         }
         drop(ar);
-        let error = DebArchive::open(&path)
-            .unwrap()
-            .data_entries()
+        let error = data_entries(&DebArchive::open(&path).unwrap())
             .unwrap_err()
             .to_string();
         assert!(

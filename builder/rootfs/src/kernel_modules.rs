@@ -20,7 +20,7 @@ use object::{Object, ObjectSection};
 use thiserror::Error;
 
 use crate::deb_archive::EntryKind;
-use crate::rootfs::{RootfsError, RootfsTree};
+use crate::rootfs::{RootfsError, RootfsTree, wildcard_matches};
 
 /// Where the kernel package's modules live once merged-/usr is applied.
 pub const MODULES_ROOT: &str = "usr/lib/modules";
@@ -162,67 +162,124 @@ pub fn select_modules<S: AsRef<str>>(
         });
     }
     let index = ModuleIndex::scan(tree, &modules_dir);
+    let (requested, builtin) = requested_modules(&index, wanted, &version)?;
+    let mut closure = Closure::walk(&index, tree, &requested)?;
 
-    // Walk from the requested names, reading .modinfo only for what is needed.
-    let mut infos: HashMap<String, ModInfo> = HashMap::new();
+    let selected = index.ordered(closure.infos.keys());
+    let deps_text = modules_dep(&version, &index, &selected, &closure.infos)?;
+    let load_order = load_order(
+        &requested,
+        &selected,
+        &closure.infos,
+        &index,
+        tree,
+        &mut closure.all_aliases,
+    )?;
+    let (removed_modules, removed_bytes) = remove_unselected(tree, &index, &selected)?;
+    write_indexes(tree, &index, &selected, &closure.infos, deps_text)?;
+
+    Ok(ModuleSelection {
+        kernel_version: version,
+        vmlinuz,
+        module_paths: selected
+            .iter()
+            .map(|n| (n.clone(), index.paths[n].clone()))
+            .collect(),
+        modules_dir,
+        load_order,
+        builtin,
+        unresolved_softdeps: closure.unresolved_softdeps,
+        removed_modules,
+        removed_bytes,
+    })
+}
+
+/// The requested names (normalized) that are modules, in the profile's
+/// order, and those that are built in; an unknown name is an error.
+fn requested_modules<S: AsRef<str>>(
+    index: &ModuleIndex,
+    wanted: &[S],
+    version: &str,
+) -> Result<(Vec<String>, Vec<String>), KernelModulesError> {
+    let mut modules = Vec::new();
     let mut builtin = Vec::new();
-    let mut unresolved_softdeps = Vec::new();
-    let mut pending: Vec<String> = Vec::new();
     for name in wanted {
         let name = normalize_name(name.as_ref().trim());
         if index.paths.contains_key(&name) || index.compressed.contains_key(&name) {
-            pending.push(name);
+            modules.push(name);
         } else if index.builtin.contains(&name) {
             builtin.push(name);
         } else {
             return Err(KernelModulesError::UnknownModule {
                 close: index.close_matches(&name),
-                version,
+                version: version.to_string(),
                 name,
             });
         }
     }
-    let requested = pending.clone();
-    pending.reverse();
-    let mut aliases_of_all: Option<Vec<(String, String)>> = None;
-    while let Some(name) = pending.pop() {
-        if infos.contains_key(&name) {
-            continue;
-        }
-        let info = index.modinfo(tree, &name)?;
-        for dependency in &info.depends {
-            if index.paths.contains_key(dependency) || index.compressed.contains_key(dependency) {
-                pending.push(dependency.clone());
-            } else if !index.builtin.contains(dependency) {
-                return Err(KernelModulesError::MissingDependency {
-                    path: index.full_path(&name),
-                    dependency: dependency.clone(),
-                });
+    Ok((modules, builtin))
+}
+
+/// The `depends=` and softdep `pre:` closure of the requested modules.
+struct Closure {
+    /// `.modinfo` of every module in the closure.
+    infos: HashMap<String, ModInfo>,
+    /// `softdep` `pre:` names that resolved to nothing, as `module: name`.
+    unresolved_softdeps: Vec<String>,
+    /// (alias, module) of every module, read once when first needed.
+    all_aliases: Option<Vec<(String, String)>>,
+}
+
+impl Closure {
+    /// Walks from `requested`, reading `.modinfo` only for what is needed.
+    fn walk(
+        index: &ModuleIndex,
+        tree: &RootfsTree,
+        requested: &[String],
+    ) -> Result<Self, KernelModulesError> {
+        let mut closure = Self {
+            infos: HashMap::new(),
+            unresolved_softdeps: Vec::new(),
+            all_aliases: None,
+        };
+        let mut pending: Vec<String> = requested.iter().rev().cloned().collect();
+        while let Some(name) = pending.pop() {
+            if closure.infos.contains_key(&name) {
+                continue;
             }
-        }
-        for soft in &info.softdep_pre {
-            let resolved = index.resolve_soft(tree, soft, &mut aliases_of_all)?;
-            match resolved {
-                Soft::Modules(names) => pending.extend(names),
-                Soft::Builtin => {}
-                Soft::Unresolved => unresolved_softdeps.push(format!("{name}: {soft}")),
+            let info = index.modinfo(tree, &name)?;
+            for dependency in &info.depends {
+                if index.paths.contains_key(dependency) || index.compressed.contains_key(dependency)
+                {
+                    pending.push(dependency.clone());
+                } else if !index.builtin.contains(dependency) {
+                    return Err(KernelModulesError::MissingDependency {
+                        path: index.full_path(&name),
+                        dependency: dependency.clone(),
+                    });
+                }
             }
+            for soft in &info.softdep_pre {
+                match index.resolve_soft(tree, soft, &mut closure.all_aliases)? {
+                    Soft::Modules(names) => pending.extend(names),
+                    Soft::Builtin => {}
+                    Soft::Unresolved => closure.unresolved_softdeps.push(format!("{name}: {soft}")),
+                }
+            }
+            closure.infos.insert(name, info);
         }
-        infos.insert(name, info);
+        Ok(closure)
     }
+}
 
-    let selected = index.ordered(infos.keys());
-    let deps_text = modules_dep(&version, &index, &selected, &infos)?;
-    let load_order = load_order(
-        &requested,
-        &selected,
-        &infos,
-        &index,
-        tree,
-        &mut aliases_of_all,
-    )?;
-
-    // Remove everything else, then the directories that became empty.
+/// Removes every `.ko` not in `selected`, then the directories that became
+/// empty; returns how many files and bytes went.
+fn remove_unselected(
+    tree: &mut RootfsTree,
+    index: &ModuleIndex,
+    selected: &[String],
+) -> Result<(usize, u64), KernelModulesError> {
+    let modules_dir = &index.modules_dir;
     let keep: HashSet<&str> = selected.iter().map(String::as_str).collect();
     let mut removed_modules = 0;
     let mut removed_bytes = 0;
@@ -240,10 +297,21 @@ pub fn select_modules<S: AsRef<str>>(
         removed_modules += tree.remove(&path)?;
     }
     prune_empty_dirs(tree, &format!("{modules_dir}/kernel"))?;
+    Ok((removed_modules, removed_bytes))
+}
 
+/// Writes `modules.dep` (given), `modules.alias`, `modules.softdep` and the
+/// filtered `modules.order` into the modules directory.
+fn write_indexes(
+    tree: &mut RootfsTree,
+    index: &ModuleIndex,
+    selected: &[String],
+    infos: &HashMap<String, ModInfo>,
+    deps_text: String,
+) -> Result<(), KernelModulesError> {
     let mut aliases = String::from("# Aliases extracted from modules themselves.\n");
     let mut softdeps = String::from("# Soft dependencies extracted from modules themselves.\n");
-    for name in &selected {
+    for name in selected {
         let info = &infos[name];
         for alias in &info.aliases {
             aliases.push_str(&format!("alias {alias} {name}\n"));
@@ -266,28 +334,14 @@ pub fn select_modules<S: AsRef<str>>(
         ("modules.order", order),
     ] {
         tree.add_file(
-            &format!("{modules_dir}/{file}"),
+            &format!("{}/{file}", index.modules_dir),
             text.into_bytes(),
             0o644,
             0,
             0,
         )?;
     }
-
-    Ok(ModuleSelection {
-        kernel_version: version,
-        vmlinuz,
-        module_paths: selected
-            .iter()
-            .map(|n| (n.clone(), index.paths[n].clone()))
-            .collect(),
-        modules_dir,
-        load_order,
-        builtin,
-        unresolved_softdeps,
-        removed_modules,
-        removed_bytes,
-    })
+    Ok(())
 }
 
 /// The one kernel version with a modules directory.
@@ -458,7 +512,7 @@ impl ModuleIndex {
             || self
                 .builtin_aliases
                 .iter()
-                .any(|a| alias_matches(a, &normalized))
+                .any(|a| wildcard_matches(a, &normalized))
         {
             return Ok(Soft::Builtin);
         }
@@ -474,7 +528,7 @@ impl ModuleIndex {
         let modules: BTreeSet<String> = all_aliases
             .iter()
             .flatten()
-            .filter(|(alias, _)| alias_matches(alias, &normalized))
+            .filter(|(alias, _)| wildcard_matches(alias, &normalized))
             .map(|(_, module)| module.clone())
             .collect();
         Ok(if modules.is_empty() {
@@ -516,19 +570,6 @@ impl ModuleIndex {
         scored.sort();
         scored.into_iter().take(5).map(|(_, n)| n.clone()).collect()
     }
-}
-
-/// kmod-style alias matching: the stored alias may hold `*` and `?`.
-fn alias_matches(pattern: &str, name: &str) -> bool {
-    fn go(p: &[u8], n: &[u8]) -> bool {
-        match p.split_first() {
-            None => n.is_empty(),
-            Some((b'*', rest)) => (0..=n.len()).any(|i| go(rest, &n[i..])),
-            Some((b'?', rest)) => !n.is_empty() && go(rest, &n[1..]),
-            Some((c, rest)) => n.first() == Some(c) && go(rest, &n[1..]),
-        }
-    }
-    go(pattern.as_bytes(), name.as_bytes())
 }
 
 fn edit_distance(a: &str, b: &str) -> usize {
@@ -963,8 +1004,8 @@ mod tests {
     fn edit_distance_counts_edits() {
         assert_eq!(edit_distance("kitten", "sitting"), 3);
         assert_eq!(edit_distance("", "abc"), 3);
-        assert!(alias_matches("pci:v*d0001", "pci:v1234d0001"));
-        assert!(!alias_matches("pci:v*d0001", "pci:v1234d0002"));
+        assert!(wildcard_matches("pci:v*d0001", "pci:v1234d0001"));
+        assert!(!wildcard_matches("pci:v*d0001", "pci:v1234d0002"));
     }
 
     /// The hypervisor's module list against the real bookworm kernel: the
@@ -974,12 +1015,13 @@ mod tests {
     #[ignore = "needs the real kernel package at /tmp/kernel.deb (linux-image-6.1.0-*-amd64 from bookworm)"]
     fn real_kernel_closure_matches_field_notes() {
         use crate::deb_archive::DebArchive;
+        use crate::deb_archive::tests::data_entries;
         use crate::rootfs::PathFilter;
         let deb = DebArchive::open("/tmp/kernel.deb").unwrap();
         let mut tree = RootfsTree::new();
         tree.insert_package(
             "linux-image",
-            deb.data_entries().unwrap(),
+            data_entries(&deb).unwrap(),
             &PathFilter::default(),
         )
         .unwrap();

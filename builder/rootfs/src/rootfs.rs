@@ -267,17 +267,18 @@ fn match_parts(parts: &[GlobPart], path: &[&str]) -> bool {
             match_parts(rest, path) || (!path.is_empty() && match_parts(parts, &path[1..]))
         }
         Some((GlobPart::Component(pattern), rest)) => match path.split_first() {
-            Some((first, tail)) => {
-                match_component(pattern.as_bytes(), first.as_bytes()) && match_parts(rest, tail)
-            }
+            Some((first, tail)) => wildcard_matches(pattern, first) && match_parts(rest, tail),
             None => false,
         },
     }
 }
 
-/// `*`/`?` matching within one component (iterative, with backtracking to
-/// the last `*`).
-fn match_component(pattern: &[u8], name: &[u8]) -> bool {
+/// Shell-style `*`/`?` matching of a whole string (no `/` handling, no
+/// brackets): path components here, kernel module aliases as kmod matches
+/// them. Iterative, with backtracking to the last `*`, so it stays linear
+/// on patterns with many stars.
+pub fn wildcard_matches(pattern: &str, name: &str) -> bool {
+    let (pattern, name) = (pattern.as_bytes(), name.as_bytes());
     let (mut p, mut n) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while n < name.len() {
@@ -1047,8 +1048,8 @@ mod tests {
         assert!(!filter.is_excluded("usr/libx.a"));
         assert!(filter.is_excluded("etc/cron.daily"));
         assert!(!filter.is_excluded("etc/cron.daily/x"));
-        assert!(match_component(b"*a*b", b"xxaxxb"));
-        assert!(!match_component(b"*a*b", b"xxaxxbc"));
+        assert!(wildcard_matches("*a*b", "xxaxxb"));
+        assert!(!wildcard_matches("*a*b", "xxaxxbc"));
         assert!(PathFilter::none().exclude("a/**b").is_err());
         assert!(PathFilter::none().exclude("a/[ab]").is_err());
         assert!(PathFilter::none().exclude("/").is_err());
