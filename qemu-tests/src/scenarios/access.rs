@@ -95,7 +95,13 @@ pub fn s13_access_control(ctx: &mut Ctx) -> Result<()> {
     for name in &target_profile.allowed_initiators {
         ensure!(shown.contains(name), "tgtd's ACL lacks {name}:\n{shown}");
     }
-    // The normal login: every session is up, and it used CHAP.
+    check_chap_login(ctx, &chap.username)?;
+    check_refused_logins(ctx, &chap.username)
+}
+
+/// The profile's initiator is logged in on every path, with CHAP as
+/// `username`.
+fn check_chap_login(ctx: &mut Ctx, username: &str) -> Result<()> {
     let started = Instant::now();
     let timeout = ctx.secs(60);
     wait_all_paths_up(ctx, started, timeout)?;
@@ -115,10 +121,15 @@ pub fn s13_access_control(ctx: &mut Ctx) -> Result<()> {
         ),
     )?;
     ensure!(
-        record.contains("= CHAP") && record.contains(&chap.username),
+        record.contains("= CHAP") && record.contains(username),
         "the node record does not use CHAP:\n{record}"
     );
+    Ok(())
+}
 
+/// A foreign initiator name and a wrong secret are refused, and the
+/// sessions stay as they were.
+fn check_refused_logins(ctx: &mut Ctx, username: &str) -> Result<()> {
     // An initiator name outside the ACL, with the right secret.
     let started = Instant::now();
     let (code, output) = try_login(
@@ -138,7 +149,7 @@ pub fn s13_access_control(ctx: &mut Ctx) -> Result<()> {
         &[],
         &[
             ("node.session.auth.authmethod", "CHAP"),
-            ("node.session.auth.username", &chap.username),
+            ("node.session.auth.username", username),
             ("node.session.auth.password", "not-the-secret1"),
         ],
     )?;
@@ -148,6 +159,7 @@ pub fn s13_access_control(ctx: &mut Ctx) -> Result<()> {
         code != 0,
         "a login with a wrong secret succeeded:\n{output}"
     );
+    let target = ctx.facts.target.clone();
     let after = session_count(&mut ctx.cluster.hypervisor, &target)?;
     ensure!(
         after == ctx.facts.paths(),

@@ -484,42 +484,51 @@ pub fn run_one(cluster: &mut Cluster, scenario: &Scenario) -> ScenarioReport {
     };
     if !problems.is_empty() {
         if ctx.cluster.guest.is_some() {
-            let state = ctx.cluster.hypervisor.exec(
-                &with_args(GUEST_DIAGNOSTICS, &[crate::guest::RUN_DIR]),
-                Duration::from_secs(30),
-            );
-            match state {
-                Ok(output) => ctx.keep("guest VM state in the hypervisor", &output.stdout),
-                Err(error) => ctx.keep("guest VM state in the hypervisor", &format!("{error:#}")),
-            }
-            // Where a stuck write waits: in the guest's disk queue, or in
-            // the hypervisor's map.
-            let probe = ctx.cluster.guest_exec(
-                "cat /proc/loadavg /sys/block/vda/inflight; ps",
-                Duration::from_secs(10),
-            );
-            match probe {
-                Ok(output) => ctx.keep("guest: load, vda in flight, processes", &output.stdout),
-                Err(error) => ctx.keep("guest: no answer", &format!("{error:#}")),
-            }
+            keep_guest_state(&mut ctx);
         }
         report.detail = Some(problems.join("\n"));
-        let artifacts = ctx.cluster.artifacts.clone();
-        let file = artifacts.join(format!("{}-outputs.txt", scenario.id));
-        let mut text = format!("{}\n\n", problems.join("\n"));
-        text.push_str(&ctx.outputs.join("\n"));
-        if let Err(error) = std::fs::write(&file, text) {
-            ctx.notes
-                .push(format!("cannot write {}: {error}", file.display()));
-        } else {
-            ctx.notes
-                .push(format!("guest outputs kept in {}", file.display()));
-        }
+        keep_outputs(&mut ctx, scenario.id, &problems);
     }
     report.timings = ctx.timings;
     report.notes = ctx.notes;
     report.seconds = started.elapsed().as_secs_f64();
     report
+}
+
+/// Keeps what the hypervisor says about the guest VM, and where a stuck
+/// write waits: in the guest's disk queue, or in the hypervisor's map.
+fn keep_guest_state(ctx: &mut Ctx) {
+    let state = ctx.cluster.hypervisor.exec(
+        &with_args(GUEST_DIAGNOSTICS, &[crate::guest::RUN_DIR]),
+        Duration::from_secs(30),
+    );
+    match state {
+        Ok(output) => ctx.keep("guest VM state in the hypervisor", &output.stdout),
+        Err(error) => ctx.keep("guest VM state in the hypervisor", &format!("{error:#}")),
+    }
+    let probe = ctx.cluster.guest_exec(
+        "cat /proc/loadavg /sys/block/vda/inflight; ps",
+        Duration::from_secs(10),
+    );
+    match probe {
+        Ok(output) => ctx.keep("guest: load, vda in flight, processes", &output.stdout),
+        Err(error) => ctx.keep("guest: no answer", &format!("{error:#}")),
+    }
+}
+
+/// Writes a failed scenario's problems and kept outputs to
+/// `<id>-outputs.txt` in the artifacts folder, and notes where.
+fn keep_outputs(ctx: &mut Ctx, id: &str, problems: &[String]) {
+    let file = ctx.cluster.artifacts.join(format!("{id}-outputs.txt"));
+    let mut text = format!("{}\n\n", problems.join("\n"));
+    text.push_str(&ctx.outputs.join("\n"));
+    if let Err(error) = std::fs::write(&file, text) {
+        ctx.notes
+            .push(format!("cannot write {}: {error}", file.display()));
+    } else {
+        ctx.notes
+            .push(format!("guest outputs kept in {}", file.display()));
+    }
 }
 
 /// What the hypervisor node says about the guest VM when a scenario fails:
