@@ -475,7 +475,8 @@ pub struct Service {
     /// `daemon` (supervised, restarted when it dies) or `oneshot` (run once).
     #[serde(default)]
     pub kind: ServiceKind,
-    /// Command that succeeds once the service is ready (polled).
+    /// Command that succeeds once the service is ready (polled); one line,
+    /// as it is a field of the image's service table.
     pub ready: Option<String>,
     /// Commands run after each (re)start once `ready` succeeds.
     #[serde(default)]
