@@ -12,8 +12,7 @@ use applbuild_rootfs::templates::{Renderer, TemplateError};
 use applbuild_vm::qemu::{Accel, Disk, NetBackend, Nic, QemuError, RunningVm, VmSpec};
 use applbuild_vm::qga::{QgaClient, QgaError};
 
-/// The line the image's init prints once every service is ready.
-pub const READY_MARKER: &str = "APPLBUILD-READY";
+pub use crate::services::READY_MARKER;
 
 /// What can go wrong booting an image.
 #[derive(Debug, thiserror::Error)]

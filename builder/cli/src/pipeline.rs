@@ -19,7 +19,8 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::lockfile::Lockfile;
-use crate::profile::{self, LoadedProfile, Service, ServiceKind};
+use crate::profile::{self, LoadedProfile};
+use crate::services;
 use applbuild_deb::package_index::PackageRecord;
 use applbuild_deb::resolver::{self, ResolveRequest};
 use applbuild_fs::write_atomic;
@@ -727,7 +728,7 @@ fn assemble(
 ) -> Result<Assembled, BuildError> {
     let started = Instant::now();
     let modules = kernel_modules::select_modules(&mut tree, &loaded.profile.kernel.modules)?;
-    let context = template_context(loaded, &modules.kernel_version, &modules.load_order)?;
+    let context = services::template_context(loaded, &modules.kernel_version, &modules.load_order)?;
     let renderer = Renderer::new(&context);
     add_base_layout(&mut tree)?;
     for item in overlay::read_layers(&project.overlay_layers(&loaded.name), &renderer)? {
@@ -949,68 +950,4 @@ fn add_base_layout(tree: &mut RootfsTree) -> Result<(), BuildError> {
     tree.add_symlink("var/run", "/run")?;
     tree.add_symlink("var/lock", "/run/lock")?;
     Ok(())
-}
-
-/// One service as the init templates see it.
-#[derive(Debug, Serialize)]
-struct ServiceContext {
-    name: String,
-    id: String,
-    kind: ServiceKind,
-    command: String,
-    ready: Option<String>,
-    post_start: Vec<String>,
-    after: Vec<String>,
-}
-
-/// The template context: the merged profile plus a `build` table with what
-/// the build computed (kernel release, module load order, services).
-fn template_context(
-    loaded: &LoadedProfile,
-    kernel_release: &str,
-    modules: &[String],
-) -> Result<serde_json::Value, BuildError> {
-    let renderer = Renderer::new(&crate::boot::check_context(loaded));
-    let mut services: BTreeMap<String, Service> = loaded.profile.services.clone();
-    if loaded.profile.guest_agent.enabled {
-        services.insert(
-            "guest-agent".into(),
-            Service {
-                command: "/usr/lib/applbuild/guest-agent".into(),
-                kind: ServiceKind::Daemon,
-                ready: Some("pidof qemu-ga".into()),
-                post_start: Vec::new(),
-                after: Vec::new(),
-            },
-        );
-    }
-    let mut rendered = Vec::new();
-    for (name, service) in &services {
-        let key = |field: &str| format!("services.{name}.{field}");
-        rendered.push(ServiceContext {
-            name: name.clone(),
-            id: name.replace(['-', '.'], "_"),
-            kind: service.kind,
-            command: renderer.render(&key("command"), &service.command)?,
-            ready: service
-                .ready
-                .as_ref()
-                .map(|ready| renderer.render(&key("ready"), ready))
-                .transpose()?,
-            post_start: service
-                .post_start
-                .iter()
-                .map(|step| renderer.render(&key("post_start"), step))
-                .collect::<Result<_, _>>()?,
-            after: service.after.clone(),
-        });
-    }
-    let mut context = crate::boot::check_context(loaded);
-    context["build"] = serde_json::json!({
-        "profile": loaded.name,
-        "kernel_release": kernel_release,
-        "modules": modules,
-        "services": rendered,
-    });
-    Ok(context)
 }

@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::services;
+
 /// Dotted keys whose arrays accumulate along the `extends` chain.
 pub const ADDITIVE_LISTS: &[&str] = &[
     "packages.include",
@@ -473,7 +475,8 @@ pub struct Service {
     /// `daemon` (supervised, restarted when it dies) or `oneshot` (run once).
     #[serde(default)]
     pub kind: ServiceKind,
-    /// Command that succeeds once the service is ready (polled).
+    /// Command that succeeds once the service is ready (polled); one line,
+    /// as it is a field of the image's service table.
     pub ready: Option<String>,
     /// Commands run after each (re)start once `ready` succeeds.
     #[serde(default)]
@@ -625,11 +628,12 @@ pub fn load(dir: &Path, name: &str) -> Result<LoadedProfile, ProfileError> {
                 key: "(merged profile)".into(),
                 message: error.message().to_string(),
             })?;
-    validate(name, &profile)?;
+    let files: Vec<PathBuf> = chain.into_iter().map(|(path, _)| path).collect();
+    validate(name, &profile, &files)?;
     Ok(LoadedProfile {
         name: name.into(),
         profile,
-        files: chain.into_iter().map(|(path, _)| path).collect(),
+        files,
         merged,
     })
 }
@@ -705,7 +709,9 @@ fn merge_into(base: &mut toml::Table, overlay: &toml::Table, prefix: &str) {
     }
 }
 
-fn validate(name: &str, profile: &Profile) -> Result<(), ProfileError> {
+/// Checks that the merged profile's values fit together; `files` are the
+/// files it was merged from (for the position of a service error).
+fn validate(name: &str, profile: &Profile, files: &[PathBuf]) -> Result<(), ProfileError> {
     let fail = |key: &str, message: String| ProfileError::Value {
         profile: name.into(),
         key: key.into(),
@@ -714,16 +720,42 @@ fn validate(name: &str, profile: &Profile) -> Result<(), ProfileError> {
     if profile.packages.include.is_empty() {
         return Err(fail("packages.include", "no packages listed".into()));
     }
-    if !(1..=22).contains(&profile.image.compression_level) {
+    validate_image(&profile.image, &fail)?;
+    validate_network(&profile.network, &fail)?;
+    if let Some(target) = &profile.target {
+        validate_target(target, &fail)?;
+    }
+    if let Some(initiator) = &profile.initiator {
+        validate_initiator(initiator, &profile.network, &fail)?;
+    }
+    validate_services(profile, &|key: &str,
+                                 service: &str,
+                                 field: Option<&str>,
+                                 message| {
+        match locate_service(files, service, field) {
+            Some((path, line)) => ProfileError::Invalid {
+                path,
+                line,
+                column: 1,
+                key_note: format!("key `{key}`: "),
+                message,
+            },
+            None => fail(key, message),
+        }
+    })
+}
+
+fn validate_image<F>(image: &Image, fail: &F) -> Result<(), ProfileError>
+where
+    F: Fn(&str, String) -> ProfileError,
+{
+    if !(1..=22).contains(&image.compression_level) {
         return Err(fail(
             "image.compression_level",
-            format!(
-                "{} is not a zstd level (1 to 22)",
-                profile.image.compression_level
-            ),
+            format!("{} is not a zstd level (1 to 22)", image.compression_level),
         ));
     }
-    if let Some(disk) = &profile.image.disk
+    if let Some(disk) = &image.disk
         && disk.data_mib > MAX_DISK_DATA_MIB
     {
         return Err(fail(
@@ -734,7 +766,14 @@ fn validate(name: &str, profile: &Profile) -> Result<(), ProfileError> {
             ),
         ));
     }
-    for (index, interface) in profile.network.interfaces.iter().enumerate() {
+    Ok(())
+}
+
+fn validate_network<F>(network: &Network, fail: &F) -> Result<(), ProfileError>
+where
+    F: Fn(&str, String) -> ProfileError,
+{
+    for (index, interface) in network.interfaces.iter().enumerate() {
         if !is_mac(&interface.mac) {
             return Err(fail(
                 &format!("network.interfaces[{index}].mac"),
@@ -745,7 +784,7 @@ fn validate(name: &str, profile: &Profile) -> Result<(), ProfileError> {
             ));
         }
         if let Some(bridge) = &interface.bridge
-            && !profile.network.bridges.iter().any(|b| &b.name == bridge)
+            && !network.bridges.iter().any(|b| &b.name == bridge)
         {
             return Err(fail(
                 &format!("network.interfaces[{index}].bridge"),
@@ -753,58 +792,181 @@ fn validate(name: &str, profile: &Profile) -> Result<(), ProfileError> {
             ));
         }
     }
-    if let Some(target) = &profile.target {
-        for (index, lun) in target.luns.iter().enumerate() {
-            if lun.scsi_id.len() != 16 || !lun.scsi_id.chars().all(|c| c.is_ascii_hexdigit()) {
-                return Err(fail(
-                    &format!("target.luns[{index}].scsi_id"),
-                    format!(
-                        "`{}` must be exactly 16 hex digits (tgt reads it as hex to build the WWID)",
-                        lun.scsi_id
-                    ),
-                ));
-            }
-            if lun.vendor_id.len() > 8 {
-                return Err(fail(
-                    &format!("target.luns[{index}].vendor_id"),
-                    "at most 8 characters".into(),
-                ));
-            }
+    Ok(())
+}
+
+fn validate_target<F>(target: &Target, fail: &F) -> Result<(), ProfileError>
+where
+    F: Fn(&str, String) -> ProfileError,
+{
+    for (index, lun) in target.luns.iter().enumerate() {
+        if lun.scsi_id.len() != 16 || !lun.scsi_id.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(fail(
+                &format!("target.luns[{index}].scsi_id"),
+                format!(
+                    "`{}` must be exactly 16 hex digits (tgt reads it as hex to build the WWID)",
+                    lun.scsi_id
+                ),
+            ));
         }
-        check_portals("target.portals", &target.portals, &fail)?;
+        if lun.vendor_id.len() > 8 {
+            return Err(fail(
+                &format!("target.luns[{index}].vendor_id"),
+                "at most 8 characters".into(),
+            ));
+        }
     }
-    if let Some(initiator) = &profile.initiator {
-        check_portals("initiator.portals", &initiator.portals, &fail)?;
-        let netdevs: Vec<&str> = profile
-            .network
-            .interfaces
-            .iter()
-            .map(|i| i.name.as_str())
-            .chain(profile.network.bridges.iter().map(|b| b.name.as_str()))
-            .collect();
-        for (index, iface) in initiator.ifaces.iter().enumerate() {
-            if !netdevs.contains(&iface.netdev.as_str()) {
-                return Err(fail(
-                    &format!("initiator.ifaces[{index}].netdev"),
-                    format!(
-                        "`{}` is neither an interface nor a bridge of network",
-                        iface.netdev
-                    ),
-                ));
-            }
+    check_portals("target.portals", &target.portals, fail)
+}
+
+fn validate_initiator<F>(
+    initiator: &Initiator,
+    network: &Network,
+    fail: &F,
+) -> Result<(), ProfileError>
+where
+    F: Fn(&str, String) -> ProfileError,
+{
+    check_portals("initiator.portals", &initiator.portals, fail)?;
+    let netdevs: Vec<&str> = network
+        .interfaces
+        .iter()
+        .map(|i| i.name.as_str())
+        .chain(network.bridges.iter().map(|b| b.name.as_str()))
+        .collect();
+    for (index, iface) in initiator.ifaces.iter().enumerate() {
+        if !netdevs.contains(&iface.netdev.as_str()) {
+            return Err(fail(
+                &format!("initiator.ifaces[{index}].netdev"),
+                format!(
+                    "`{}` is neither an interface nor a bridge of network",
+                    iface.netdev
+                ),
+            ));
         }
+    }
+    Ok(())
+}
+
+/// Builds the error of a service check: dotted key, service name, the
+/// field of the service it is about (if any), message.
+type ServiceFail<'a> = dyn Fn(&str, &str, Option<&str>, String) -> ProfileError + 'a;
+
+/// Service names must make distinct shell ids (see
+/// [`services::service_id`]), and `after` must name services and never
+/// go round in a circle.
+fn validate_services(profile: &Profile, fail: &ServiceFail) -> Result<(), ProfileError> {
+    let mut ids: BTreeMap<String, &str> = BTreeMap::new();
+    if profile.guest_agent.enabled {
+        let builtin = services::GUEST_AGENT_SERVICE;
+        ids.insert(services::service_id(builtin), builtin);
     }
     for (service, definition) in &profile.services {
+        let key = format!("services.{service}");
+        if !services::is_valid_name(service) {
+            return Err(fail(
+                &key,
+                service,
+                None,
+                "a service name has only letters, digits, `-`, `.` and `_` \
+                 (it becomes a shell id)"
+                    .into(),
+            ));
+        }
+        let id = services::service_id(service);
+        if let Some(other) = ids.insert(id.clone(), service) {
+            let taken = if other == services::GUEST_AGENT_SERVICE {
+                format!("the service `{other}` that guest_agent.enabled adds")
+            } else {
+                format!("the service `{other}`")
+            };
+            return Err(fail(
+                &key,
+                service,
+                None,
+                format!("its shell id `{id}` (`-` and `.` become `_`) is also that of {taken}"),
+            ));
+        }
         for dependency in &definition.after {
             if !profile.services.contains_key(dependency) {
                 return Err(fail(
-                    &format!("services.{service}.after"),
+                    &format!("{key}.after"),
+                    service,
+                    Some("after"),
                     format!("no service `{dependency}`"),
                 ));
             }
         }
     }
+    if let Some(cycle) = after_cycle(&profile.services) {
+        return Err(fail(
+            &format!("services.{}.after", cycle[0]),
+            &cycle[0],
+            Some("after"),
+            format!("`after` goes round in a circle: {}", cycle.join(" -> ")),
+        ));
+    }
     Ok(())
+}
+
+/// A circle of `after` edges, as the names along it (the first repeated
+/// at the end), if there is one.
+fn after_cycle(services: &BTreeMap<String, Service>) -> Option<Vec<String>> {
+    fn visit(
+        name: &str,
+        services: &BTreeMap<String, Service>,
+        path: &mut Vec<String>,
+        done: &mut Vec<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(start) = path.iter().position(|seen| seen == name) {
+            let mut cycle = path[start..].to_vec();
+            cycle.push(name.to_string());
+            return Some(cycle);
+        }
+        if done.iter().any(|seen| seen == name) {
+            return None;
+        }
+        path.push(name.to_string());
+        for dependency in services.get(name).map_or(&[][..], |s| &s.after[..]) {
+            if let Some(cycle) = visit(dependency, services, path, done) {
+                return Some(cycle);
+            }
+        }
+        path.pop();
+        done.push(name.to_string());
+        None
+    }
+    let mut done = Vec::new();
+    services
+        .keys()
+        .find_map(|name| visit(name, services, &mut Vec::new(), &mut done))
+}
+
+/// The file and 1-based line where `[services.NAME]` is written (or its
+/// `field` key within it), the profile's own file first.
+fn locate_service(files: &[PathBuf], name: &str, field: Option<&str>) -> Option<(PathBuf, usize)> {
+    let headers = [
+        format!("[services.{name}]"),
+        format!("[services.\"{name}\"]"),
+    ];
+    files.iter().find_map(|path| {
+        let text = std::fs::read_to_string(path).ok()?;
+        let lines: Vec<&str> = text.lines().map(str::trim).collect();
+        let header = lines
+            .iter()
+            .position(|line| headers.iter().any(|h| h == line))?;
+        let Some(field) = field else {
+            return Some((path.clone(), header + 1));
+        };
+        let mut section = lines[header + 1..]
+            .iter()
+            .take_while(|line| !line.starts_with('['));
+        let offset = section.position(|line| {
+            line.split_once('=')
+                .is_some_and(|(key, _)| key.trim() == field)
+        })?;
+        Some((path.clone(), header + offset + 2))
+    })
 }
 
 fn check_portals<F>(key: &str, portals: &[String], fail: &F) -> Result<(), ProfileError>
@@ -1025,6 +1187,94 @@ mod tests {
         );
         let error = load(dir.path(), "s").unwrap_err().to_string();
         assert!(error.contains("target.luns[0].scsi_id"), "{error}");
+    }
+
+    const PACKAGES: &str = "[packages]\ninclude = [\"busybox\"]\n";
+
+    #[test]
+    fn service_ids_that_collide_are_refused_at_their_line() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "p",
+            &format!(
+                "{PACKAGES}[services.a-b]\ncommand = \"x\"\n\n[services.a_b]\ncommand = \"y\"\n"
+            ),
+        );
+        let error = load(dir.path(), "p").unwrap_err().to_string();
+        assert!(error.contains("p.toml:6:1: key `services.a_b`"), "{error}");
+        assert!(error.contains("shell id `a_b`"), "{error}");
+        assert!(error.contains("`a-b`"), "{error}");
+    }
+
+    #[test]
+    fn a_service_named_like_the_guest_agent_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "p",
+            &format!(
+                "{PACKAGES}[guest_agent]\nenabled = true\n[services.guest_agent]\ncommand = \"x\"\n"
+            ),
+        );
+        let error = load(dir.path(), "p").unwrap_err().to_string();
+        assert!(error.contains("guest_agent.enabled adds"), "{error}");
+    }
+
+    #[test]
+    fn a_service_name_that_is_no_shell_id_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "p",
+            &format!("{PACKAGES}[services.\"a b\"]\ncommand = \"x\"\n"),
+        );
+        let error = load(dir.path(), "p").unwrap_err().to_string();
+        assert!(error.contains("p.toml:3:1: key `services.a b`"), "{error}");
+    }
+
+    #[test]
+    fn after_cycles_are_refused_and_named() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "base",
+            &format!("{PACKAGES}[services.a]\ncommand = \"x\"\nafter = [\"c\"]\n"),
+        );
+        write(
+            dir.path(),
+            "p",
+            "extends = \"base\"\n[services.b]\ncommand = \"y\"\nafter = [\"a\"]\n[services.c]\ncommand = \"z\"\n# c comes after b\nafter = [\"b\"]\n",
+        );
+        let error = load(dir.path(), "p").unwrap_err().to_string();
+        assert!(
+            error.contains("base.toml:5:1: key `services.a.after`"),
+            "{error}"
+        );
+        assert!(error.contains("a -> c -> b -> a"), "{error}");
+        write(
+            dir.path(),
+            "own",
+            &format!("{PACKAGES}[services.a]\ncommand = \"x\"\nafter = [\"a\"]\n"),
+        );
+        let error = load(dir.path(), "own").unwrap_err().to_string();
+        assert!(error.contains("a -> a"), "{error}");
+    }
+
+    #[test]
+    fn after_an_unknown_service_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "p",
+            &format!("{PACKAGES}[services.a]\ncommand = \"x\"\nafter = [\"nothere\"]\n"),
+        );
+        let error = load(dir.path(), "p").unwrap_err().to_string();
+        assert!(
+            error.contains("p.toml:5:1: key `services.a.after`"),
+            "{error}"
+        );
+        assert!(error.contains("no service `nothere`"), "{error}");
     }
 
     #[test]

@@ -5,10 +5,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 
-use super::{Ctx, must, session_count, wait_all_paths_up};
+use super::{Ctx, must, session_count, wait_all_paths_up, with_args};
 
 /// An IQN outside the storage node's ACL.
 const FOREIGN_IQN: &str = "iqn.2012-09.com.example:intruder";
+
+/// Creates a throw-away iface and its node record, with updates.
+const LOGIN_SETUP: &str = include_str!("../../scripts/scenario-login-setup.sh");
+
+/// Logs out and removes what [`LOGIN_SETUP`] made.
+const LOGIN_CLEANUP: &str = include_str!("../../scripts/scenario-login-cleanup.sh");
 
 /// Tries one login through a throw-away iface bound to br0, with `setup`
 /// applied to its iface and node record; returns iscsiadm's exit code and
@@ -21,27 +27,17 @@ fn try_login(
 ) -> Result<(i32, String)> {
     let target = ctx.facts.target.clone();
     let portal = ctx.facts.portals[0].clone();
-    let mut script = format!(
-        "iscsiadm -m iface -I {iface} --op=new >/dev/null && \
-         iscsiadm -m iface -I {iface} --op=update -n iface.net_ifacename -v br0 >/dev/null"
-    );
-    for (key, value) in iface_updates {
-        script.push_str(&format!(
-            " && iscsiadm -m iface -I {iface} --op=update -n {key} -v {value} >/dev/null"
-        ));
+    let record = [target.as_str(), portal.as_str(), iface];
+    let mut setup_args = record.to_vec();
+    for (kind, updates) in [("iface", iface_updates), ("node", node_updates)] {
+        for (key, value) in updates {
+            setup_args.extend([kind, key, value]);
+        }
     }
-    script.push_str(&format!(
-        " && iscsiadm -m node -o new -T {target} -p {portal} -I {iface} >/dev/null"
-    ));
-    for (key, value) in node_updates {
-        script.push_str(&format!(
-            " && iscsiadm -m node -T {target} -p {portal} -I {iface} -o update -n {key} -v {value} >/dev/null"
-        ));
-    }
-    let setup = ctx
-        .cluster
-        .hypervisor
-        .exec(&script, Duration::from_secs(30))?;
+    let setup = ctx.cluster.hypervisor.exec(
+        &with_args(LOGIN_SETUP, &setup_args),
+        Duration::from_secs(30),
+    )?;
     let login = if setup.success() {
         Some(ctx.cluster.hypervisor.exec(
             &format!("iscsiadm -m node -T {target} -p {portal} -I {iface} --login 2>&1"),
@@ -51,14 +47,10 @@ fn try_login(
         None
     };
     // Whatever happened: log out (should there be a session) and clean up.
-    let _ = ctx.cluster.hypervisor.exec(
-        &format!(
-            "iscsiadm -m node -T {target} -p {portal} -I {iface} --logout >/dev/null 2>&1; \
-             iscsiadm -m node -T {target} -p {portal} -I {iface} -o delete >/dev/null 2>&1; \
-             iscsiadm -m iface -I {iface} --op=delete >/dev/null 2>&1; true"
-        ),
-        Duration::from_secs(30),
-    );
+    let _ = ctx
+        .cluster
+        .hypervisor
+        .exec(&with_args(LOGIN_CLEANUP, &record), Duration::from_secs(30));
     match login {
         Some(output) => Ok((output.exit_code, output.stdout)),
         None => bail!(
@@ -103,7 +95,13 @@ pub fn s13_access_control(ctx: &mut Ctx) -> Result<()> {
     for name in &target_profile.allowed_initiators {
         ensure!(shown.contains(name), "tgtd's ACL lacks {name}:\n{shown}");
     }
-    // The normal login: every session is up, and it used CHAP.
+    check_chap_login(ctx, &chap.username)?;
+    check_refused_logins(ctx, &chap.username)
+}
+
+/// The profile's initiator is logged in on every path, with CHAP as
+/// `username`.
+fn check_chap_login(ctx: &mut Ctx, username: &str) -> Result<()> {
     let started = Instant::now();
     let timeout = ctx.secs(60);
     wait_all_paths_up(ctx, started, timeout)?;
@@ -123,10 +121,15 @@ pub fn s13_access_control(ctx: &mut Ctx) -> Result<()> {
         ),
     )?;
     ensure!(
-        record.contains("= CHAP") && record.contains(&chap.username),
+        record.contains("= CHAP") && record.contains(username),
         "the node record does not use CHAP:\n{record}"
     );
+    Ok(())
+}
 
+/// A foreign initiator name and a wrong secret are refused, and the
+/// sessions stay as they were.
+fn check_refused_logins(ctx: &mut Ctx, username: &str) -> Result<()> {
     // An initiator name outside the ACL, with the right secret.
     let started = Instant::now();
     let (code, output) = try_login(
@@ -146,7 +149,7 @@ pub fn s13_access_control(ctx: &mut Ctx) -> Result<()> {
         &[],
         &[
             ("node.session.auth.authmethod", "CHAP"),
-            ("node.session.auth.username", &chap.username),
+            ("node.session.auth.username", username),
             ("node.session.auth.password", "not-the-secret1"),
         ],
     )?;
@@ -156,6 +159,7 @@ pub fn s13_access_control(ctx: &mut Ctx) -> Result<()> {
         code != 0,
         "a login with a wrong secret succeeded:\n{output}"
     );
+    let target = ctx.facts.target.clone();
     let after = session_count(&mut ctx.cluster.hypervisor, &target)?;
     ensure!(
         after == ctx.facts.paths(),

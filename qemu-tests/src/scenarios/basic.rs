@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail, ensure};
 
-use super::{Ctx, must, session_count, wait_all_paths_up};
+use super::{Ctx, must, session_count, wait_all_paths_up, with_args};
 use crate::waits::wait_for;
 
 /// S1: tgtd serves the target with LUN 1 backed by the raw virtual disk,
@@ -144,15 +144,8 @@ pub fn s2_discovery(ctx: &mut Ctx) -> Result<()> {
     Ok(())
 }
 
-/// The WWID of each SCSI disk: `scsi_id` when present, else sysfs
-/// (`naa.6…` there is `36…` for multipath).
-const DISK_WWIDS: &str = r#"for d in /sys/block/sd*; do
-  [ -e "$d" ] || continue
-  n=${d##*/}
-  w=$(/usr/lib/udev/scsi_id -g -u -d /dev/$n 2>/dev/null)
-  [ -n "$w" ] || w=$(sed 's/^naa\./3/' $d/device/wwid)
-  echo "$n $w $(cat $d/size)"
-done"#;
+/// The WWID of each SCSI disk: `scsi_id` when present, else sysfs.
+const DISK_WWIDS: &str = include_str!("../../scripts/scenario-disk-wwids.sh");
 
 /// S3: the sessions are logged in (the image does it at boot): one per
 /// (portal, iface), and as many SCSI disks, all with the profile's WWID.
@@ -258,17 +251,11 @@ pub const VM_NS: &str = "vm1";
 pub const VM_IP: &str = "192.0.2.31";
 
 /// Creates the namespace and its veth port on br0 unless they exist.
+const VM_NIC: &str = include_str!("../../scripts/scenario-vm-nic.sh");
+
+/// Makes sure [`VM_NS`] and its NIC on br0 exist.
 pub fn ensure_vm_nic(ctx: &mut Ctx) -> Result<()> {
-    let command = format!(
-        "ip netns list | grep -q '^{VM_NS}\\b' || {{ \
-           ip netns add {VM_NS} && \
-           ip link add {VM_NS}-host type veth peer name {VM_NS}-guest && \
-           ip link set {VM_NS}-guest netns {VM_NS} && \
-           ip link set {VM_NS}-host master br0 && ip link set {VM_NS}-host up && \
-           ip -n {VM_NS} link set lo up && \
-           ip -n {VM_NS} addr add {VM_IP}/24 dev {VM_NS}-guest && \
-           ip -n {VM_NS} link set {VM_NS}-guest up; }}"
-    );
+    let command = with_args(VM_NIC, &[VM_NS, &format!("{VM_IP}/24")]);
     must(&mut ctx.cluster.hypervisor, &command)?;
     Ok(())
 }

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, ensure};
 
 use super::io::{self, Stream, Writer};
 use super::vm::ensure_guest;
-use super::{Ctx, PathState, describe, must, wait_all_paths_up, wait_paths};
+use super::{Ctx, PathState, describe, must, wait_all_paths_up, wait_paths, with_args};
 use crate::waits::wait_until;
 
 /// Keeps a fault in place for a fixed time. This is the fault's duration,
@@ -233,12 +233,16 @@ pub fn ping_summary(text: &str) -> Option<(u64, u64)> {
     Some((*numbers.first()?, *numbers.get(1)?))
 }
 
-/// Runs one timed `dd` in the guest and returns MB/s.
+/// Runs a command in the guest and prints its start and end uptime.
+const TIMED: &str = include_str!("../../scripts/scenario-timed.sh");
+
+/// Runs one timed `dd` in the guest and returns MB/s; `command` is its
+/// words separated by spaces (none needs quoting).
 fn throughput(ctx: &mut Ctx, command: &str, mib: u64) -> Result<f64> {
-    let script = format!(
-        "t0=$(cut -d' ' -f1 /proc/uptime); {command} 2>/dev/null || exit 1; t1=$(cut -d' ' -f1 /proc/uptime); echo $t0 $t1"
-    );
-    let output = ctx.cluster.guest_exec(&script, Duration::from_secs(300))?;
+    let words: Vec<&str> = command.split_whitespace().collect();
+    let output = ctx
+        .cluster
+        .guest_exec(&with_args(TIMED, &words), Duration::from_secs(300))?;
     ensure!(output.success(), "`{command}` failed: {}", output.stdout);
     let times: Vec<f64> = output
         .stdout
@@ -341,10 +345,14 @@ pub fn s11_target_restart(ctx: &mut Ctx) -> Result<()> {
     let killed = Instant::now();
     must(&mut ctx.cluster.storage, "kill -9 $(pidof tgtd)")?;
     let timeout = ctx.secs(60);
+    let tgtd_back = format!(
+        "pidof tgtd && test -e {} && tgtadm --lld iscsi --op show --mode target | grep -q 'LUN: 1'",
+        applbuild::services::ready_marker("tgtd")
+    );
     let storage = &mut ctx.cluster.storage;
     let back = wait_until(timeout, Duration::from_millis(300), || {
         storage
-            .sh("pidof tgtd && test -e /run/applbuild/ready/tgtd && tgtadm --lld iscsi --op show --mode target | grep -q 'LUN: 1'")
+            .sh(&tgtd_back)
             .is_ok_and(|pid| pid.split_whitespace().next() != old.split_whitespace().next())
     });
     ensure!(

@@ -281,14 +281,9 @@ impl PathState {
 }
 
 /// `multipathd show paths` joined with each disk's iSCSI session.
-pub const PATHS_COMMAND: &str = r#"multipathd show paths raw format "%d %t %T" 2>/dev/null | while read dev dm chk; do
-  s=$(readlink -f /sys/block/$dev/device 2>/dev/null | grep -o 'session[0-9]*' | head -n1)
-  iface=$(cat /sys/class/iscsi_session/$s/ifacename 2>/dev/null)
-  portal=$(cat /sys/class/iscsi_connection/connection${s#session}:0/persistent_address 2>/dev/null)
-  echo "$dev $dm $chk ${iface:-?} ${portal:-?}"
-done"#;
+const PATHS_SCRIPT: &str = include_str!("../../scripts/scenario-paths.sh");
 
-/// Parses the output of [`PATHS_COMMAND`].
+/// Parses the output of [`PATHS_SCRIPT`].
 pub fn parse_paths(text: &str) -> Vec<PathState> {
     text.lines()
         .filter_map(|line| {
@@ -309,7 +304,7 @@ pub fn parse_paths(text: &str) -> Vec<PathState> {
 
 /// The hypervisor's paths now.
 pub fn paths(node: &mut Node) -> Result<Vec<PathState>> {
-    let output = node.exec(PATHS_COMMAND, Duration::from_secs(20))?;
+    let output = node.exec(PATHS_SCRIPT, Duration::from_secs(20))?;
     Ok(parse_paths(&output.stdout))
 }
 
@@ -489,37 +484,10 @@ pub fn run_one(cluster: &mut Cluster, scenario: &Scenario) -> ScenarioReport {
     };
     if !problems.is_empty() {
         if ctx.cluster.guest.is_some() {
-            let state = ctx
-                .cluster
-                .hypervisor
-                .exec(GUEST_DIAGNOSTICS, Duration::from_secs(30));
-            match state {
-                Ok(output) => ctx.keep("guest VM state in the hypervisor", &output.stdout),
-                Err(error) => ctx.keep("guest VM state in the hypervisor", &format!("{error:#}")),
-            }
-            // Where a stuck write waits: in the guest's disk queue, or in
-            // the hypervisor's map.
-            let probe = ctx.cluster.guest_exec(
-                "cat /proc/loadavg /sys/block/vda/inflight; ps",
-                Duration::from_secs(10),
-            );
-            match probe {
-                Ok(output) => ctx.keep("guest: load, vda in flight, processes", &output.stdout),
-                Err(error) => ctx.keep("guest: no answer", &format!("{error:#}")),
-            }
+            keep_guest_state(&mut ctx);
         }
         report.detail = Some(problems.join("\n"));
-        let artifacts = ctx.cluster.artifacts.clone();
-        let file = artifacts.join(format!("{}-outputs.txt", scenario.id));
-        let mut text = format!("{}\n\n", problems.join("\n"));
-        text.push_str(&ctx.outputs.join("\n"));
-        if let Err(error) = std::fs::write(&file, text) {
-            ctx.notes
-                .push(format!("cannot write {}: {error}", file.display()));
-        } else {
-            ctx.notes
-                .push(format!("guest outputs kept in {}", file.display()));
-        }
+        keep_outputs(&mut ctx, scenario.id, &problems);
     }
     report.timings = ctx.timings;
     report.notes = ctx.notes;
@@ -527,15 +495,53 @@ pub fn run_one(cluster: &mut Cluster, scenario: &Scenario) -> ScenarioReport {
     report
 }
 
+/// Keeps what the hypervisor says about the guest VM, and where a stuck
+/// write waits: in the guest's disk queue, or in the hypervisor's map.
+fn keep_guest_state(ctx: &mut Ctx) {
+    let state = ctx.cluster.hypervisor.exec(
+        &with_args(GUEST_DIAGNOSTICS, &[crate::guest::RUN_DIR]),
+        Duration::from_secs(30),
+    );
+    match state {
+        Ok(output) => ctx.keep("guest VM state in the hypervisor", &output.stdout),
+        Err(error) => ctx.keep("guest VM state in the hypervisor", &format!("{error:#}")),
+    }
+    let probe = ctx.cluster.guest_exec(
+        "cat /proc/loadavg /sys/block/vda/inflight; ps",
+        Duration::from_secs(10),
+    );
+    match probe {
+        Ok(output) => ctx.keep("guest: load, vda in flight, processes", &output.stdout),
+        Err(error) => ctx.keep("guest: no answer", &format!("{error:#}")),
+    }
+}
+
+/// Writes a failed scenario's problems and kept outputs to
+/// `<id>-outputs.txt` in the artifacts folder, and notes where.
+fn keep_outputs(ctx: &mut Ctx, id: &str, problems: &[String]) {
+    let file = ctx.cluster.artifacts.join(format!("{id}-outputs.txt"));
+    let mut text = format!("{}\n\n", problems.join("\n"));
+    text.push_str(&ctx.outputs.join("\n"));
+    if let Err(error) = std::fs::write(&file, text) {
+        ctx.notes
+            .push(format!("cannot write {}: {error}", file.display()));
+    } else {
+        ctx.notes
+            .push(format!("guest outputs kept in {}", file.display()));
+    }
+}
+
 /// What the hypervisor node says about the guest VM when a scenario fails:
 /// whether its QEMU runs, its console's end, the kernel's last lines.
-const GUEST_DIAGNOSTICS: &str = "echo \"qemu pid $(cat /run/applbuild-vm/qemu.pid 2>/dev/null)\"; \
-    kill -0 $(cat /run/applbuild-vm/qemu.pid) 2>/dev/null && echo 'qemu running' || \
-    echo 'qemu EXITED: the guest reset or powered off (QEMU runs it with -no-reboot)'; \
-    ps | grep [q]emu-system; echo '--- qemu.log'; cat /run/applbuild-vm/qemu.log; \
-    echo '--- guest console'; tail -n 30 /run/applbuild-vm/console.log; \
-    echo '--- map in flight'; cat /sys/block/dm-0/inflight; \
-    echo '--- hypervisor dmesg'; dmesg | tail -n 40; true";
+const GUEST_DIAGNOSTICS: &str = include_str!("../../scripts/scenario-guest-diagnostics.sh");
+
+/// The command that runs `script` (the text of a file of
+/// `qemu-tests/scripts/`) with `args` as its positional parameters, each
+/// quoted for the shell.
+pub fn with_args(script: &str, args: &[&str]) -> String {
+    let quoted = shlex::try_join(args.iter().copied()).expect("arguments hold no NUL byte");
+    format!("set -- {quoted}\n{script}")
+}
 
 /// Runs `command` on `node`, failing with its output unless it exits 0.
 pub fn must(node: &mut Node, command: &str) -> Result<String> {
@@ -593,6 +599,22 @@ mod tests {
         assert!(paths[1].is_down());
         assert_eq!(paths[1].iface, "ieth1");
         assert!(describe(&paths).contains("sdc(ieth1→198.51.100.10):failed/faulty"));
+    }
+
+    #[test]
+    fn script_arguments_arrive_quoted_as_positional_parameters() {
+        let command = with_args(
+            "#!/bin/sh\nprintf '%s|' \"$@\"\n",
+            &["a b", "it's", "$(false)", ""],
+        );
+        let output = std::process::Command::new("sh")
+            .args(["-c", &command])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(output.stdout).unwrap(),
+            "a b|it's|$(false)||"
+        );
     }
 
     #[test]

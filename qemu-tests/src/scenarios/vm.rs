@@ -94,7 +94,11 @@ pub fn s6_vm_on_multipath_disk(ctx: &mut Ctx) -> Result<()> {
         guest::DATA_PARTITION
     );
 
-    // Its NIC is a port of br0 and reaches both nodes; both reach it.
+    check_guest_network(ctx)
+}
+
+/// The guest's NIC is a port of br0 and reaches both nodes; both reach it.
+fn check_guest_network(ctx: &mut Ctx) -> Result<()> {
     let ports = must(&mut ctx.cluster.hypervisor, "ip -o link show master br0")?;
     ensure!(
         ports.contains(" vm0"),

@@ -1,0 +1,317 @@
+//! The service table: the one contract between the build and the image's
+//! init scripts. The rules both sides share are defined here once: how a
+//! service name becomes a shell-safe id, where a service's readiness marker
+//! lies, the line printed once every service is ready. The build writes them
+//! into `/etc/applbuild/services`, which `supervise` and `announce-ready`
+//! read; the init templates get the same entries in their context.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::profile::{LoadedProfile, Profile, Service, ServiceKind};
+use applbuild_rootfs::templates::{Renderer, TemplateError};
+
+/// The first word of the line the image's init prints once every service is ready.
+pub const READY_MARKER: &str = "APPLBUILD-READY";
+
+/// The folder where a service's marker file appears while it is ready.
+pub const READY_DIR: &str = "/run/applbuild/ready";
+
+/// Name of the service the build adds when the guest agent is enabled.
+pub const GUEST_AGENT_SERVICE: &str = "guest-agent";
+
+/// The shell-safe id of a service: its name with `-` and `.` made `_`.
+/// The id names the service's shell functions and its readiness marker.
+pub fn service_id(name: &str) -> String {
+    name.replace(['-', '.'], "_")
+}
+
+/// Whether `name` can be a service name: letters, digits, `-`, `.` and `_`,
+/// so that its id is a shell identifier fragment.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+}
+
+/// The marker file of service `name`, present while it is ready.
+pub fn ready_marker(name: &str) -> String {
+    format!("{READY_DIR}/{}", service_id(name))
+}
+
+/// The services init runs for `profile`: its own, plus the guest agent's
+/// when it is enabled.
+pub fn profile_services(profile: &Profile) -> BTreeMap<String, Service> {
+    let mut services = profile.services.clone();
+    if profile.guest_agent.enabled {
+        services.insert(
+            GUEST_AGENT_SERVICE.into(),
+            Service {
+                command: "/usr/lib/applbuild/guest-agent".into(),
+                kind: ServiceKind::Daemon,
+                ready: Some("pidof qemu-ga".into()),
+                post_start: Vec::new(),
+                after: Vec::new(),
+            },
+        );
+    }
+    services
+}
+
+/// One service as the init templates and the table see it, its shell
+/// snippets rendered.
+#[derive(Debug, Serialize)]
+pub struct ServiceEntry {
+    /// Name as the profile spells it.
+    pub name: String,
+    /// Shell-safe id ([`service_id`]).
+    pub id: String,
+    /// Daemon or oneshot.
+    pub kind: ServiceKind,
+    /// Command line.
+    pub command: String,
+    /// Readiness probe (one line), if any.
+    pub ready: Option<String>,
+    /// Steps run after each start once ready.
+    pub post_start: Vec<String>,
+    /// Ids of the services that must be ready first.
+    pub after: Vec<String>,
+}
+
+/// Renders the services of `loaded` with `renderer` (the profile as
+/// context); template names in errors are `services.NAME.FIELD`.
+pub fn render_entries(
+    loaded: &LoadedProfile,
+    renderer: &Renderer,
+) -> Result<Vec<ServiceEntry>, TemplateError> {
+    let mut entries = Vec::new();
+    for (name, service) in &profile_services(&loaded.profile) {
+        let key = |field: &str| format!("services.{name}.{field}");
+        let ready = service
+            .ready
+            .as_ref()
+            .map(|ready| renderer.render(&key("ready"), ready))
+            .transpose()?;
+        if let Some(probe) = &ready
+            && probe.trim().contains('\n')
+        {
+            return Err(TemplateError {
+                name: key("ready"),
+                line: String::new(),
+                message: "the readiness probe renders to more than one line; \
+                          it must be one line of the service table"
+                    .into(),
+            });
+        }
+        entries.push(ServiceEntry {
+            name: name.clone(),
+            id: service_id(name),
+            kind: service.kind,
+            command: renderer.render(&key("command"), &service.command)?,
+            ready: ready.map(|probe| probe.trim().to_string()),
+            post_start: service
+                .post_start
+                .iter()
+                .map(|step| renderer.render(&key("post_start"), step))
+                .collect::<Result<_, _>>()?,
+            after: service.after.iter().map(|name| service_id(name)).collect(),
+        });
+    }
+    Ok(entries)
+}
+
+/// The text of `/etc/applbuild/services` for `profile`: settings lines,
+/// then one `service` line per entry.
+pub fn table(profile: &str, entries: &[ServiceEntry]) -> String {
+    let mut text = format!(
+        "# Written by applbuild for profile {profile}; read by /usr/lib/applbuild/supervise\n\
+         # and announce-ready.\n\
+         # ready-dir DIR: a ready service's marker is DIR/ID.\n\
+         # ready-line TEXT: printed (with uptime=SECONDS) once every service is ready.\n\
+         # service ID KIND AFTER NAME PROBE: AFTER is a comma-separated list of ids\n\
+         # or `-`; PROBE, the rest of the line, succeeds once the service is ready.\n\
+         ready-dir {READY_DIR}\n\
+         ready-line {READY_MARKER} profile={profile}\n"
+    );
+    for entry in entries {
+        let after = if entry.after.is_empty() {
+            "-".to_string()
+        } else {
+            entry.after.join(",")
+        };
+        text.push_str(&format!(
+            "service {} {} {after} {} {}\n",
+            entry.id,
+            entry.kind,
+            entry.name,
+            entry.ready.as_deref().unwrap_or("true")
+        ));
+    }
+    text
+}
+
+/// The template context: the merged profile plus a `build` table with what
+/// the build computed (kernel release, module load order, the services and
+/// the text of their table).
+pub fn template_context(
+    loaded: &LoadedProfile,
+    kernel_release: &str,
+    modules: &[String],
+) -> Result<serde_json::Value, TemplateError> {
+    let renderer = Renderer::new(&crate::boot::check_context(loaded));
+    let entries = render_entries(loaded, &renderer)?;
+    let mut context = crate::boot::check_context(loaded);
+    context["build"] = serde_json::json!({
+        "profile": loaded.name,
+        "kernel_release": kernel_release,
+        "modules": modules,
+        "service_table": table(&loaded.name, &entries),
+        "services": entries,
+    });
+    Ok(context)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+    use std::process::{Command, Stdio};
+
+    use super::*;
+    use crate::profile;
+
+    fn project() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    }
+
+    fn loaded(name: &str) -> LoadedProfile {
+        profile::load(&project().join("profiles"), name).unwrap()
+    }
+
+    #[test]
+    fn ids_and_markers_follow_one_rule() {
+        assert_eq!(service_id("udev-coldplug"), "udev_coldplug");
+        assert_eq!(service_id("a.b_c"), "a_b_c");
+        assert_eq!(
+            ready_marker("iscsi-sessions"),
+            "/run/applbuild/ready/iscsi_sessions"
+        );
+        assert!(is_valid_name("udev-coldplug.2"));
+        assert!(!is_valid_name("a b"));
+        assert!(!is_valid_name("a$b"));
+        assert!(!is_valid_name(""));
+    }
+
+    #[test]
+    fn table_lists_ids_dependencies_and_probes() {
+        let storage = loaded("storage");
+        let renderer = Renderer::new(&crate::boot::check_context(&storage));
+        let entries = render_entries(&storage, &renderer).unwrap();
+        let text = table("storage", &entries);
+        assert!(
+            text.contains("\nready-dir /run/applbuild/ready\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nready-line APPLBUILD-READY profile=storage\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nservice udev_coldplug oneshot udevd udev-coldplug true\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nservice guest_agent daemon - guest-agent pidof qemu-ga\n"),
+            "{text}"
+        );
+        let tgtd = text
+            .lines()
+            .find(|line| line.starts_with("service tgtd "))
+            .expect("tgtd in the table");
+        assert!(
+            tgtd.starts_with("service tgtd daemon udev_coldplug tgtd tgtadm "),
+            "{tgtd}"
+        );
+    }
+
+    #[test]
+    fn a_probe_of_two_lines_is_refused() {
+        let mut storage = loaded("storage");
+        storage.profile.services.get_mut("tgtd").unwrap().ready = Some("true\ntrue".into());
+        let renderer = Renderer::new(&crate::boot::check_context(&storage));
+        let error = render_entries(&storage, &renderer).unwrap_err();
+        assert_eq!(error.name, "services.tgtd.ready");
+    }
+
+    /// Whether a rendered overlay file is a shell script shellcheck can read.
+    fn is_shell(text: &str) -> bool {
+        text.starts_with("#!/bin/busybox sh") || text.contains("# shellcheck shell=")
+    }
+
+    /// The rendered `*.j2` shell files of the overlay layers of `name`,
+    /// with their template paths. Plain shell files are checked by
+    /// `scripts/test`; these become shell only once rendered.
+    fn rendered_shell_templates(name: &str) -> Vec<(PathBuf, String)> {
+        let loaded = loaded(name);
+        let context =
+            template_context(&loaded, "6.1.0-test-amd64", &loaded.profile.kernel.modules).unwrap();
+        let renderer = Renderer::new(&context);
+        let mut rendered = Vec::new();
+        for layer in ["common", name] {
+            let root = project().join("rootfs-overlay").join(layer);
+            let mut pending = vec![root];
+            while let Some(dir) = pending.pop() {
+                let Ok(entries) = std::fs::read_dir(&dir) else {
+                    continue;
+                };
+                for path in entries.map(|entry| entry.unwrap().path()) {
+                    if path.is_dir() {
+                        pending.push(path);
+                    } else if path.extension().is_some_and(|ext| ext == "j2") {
+                        let source = std::fs::read_to_string(&path).unwrap();
+                        let text = renderer
+                            .render(&path.display().to_string(), &source)
+                            .unwrap();
+                        if is_shell(&text) {
+                            rendered.push((path, text));
+                        }
+                    }
+                }
+            }
+        }
+        rendered
+    }
+
+    #[test]
+    fn rendered_init_scripts_pass_shellcheck() {
+        let mut checked = 0;
+        for name in ["storage", "hypervisor", "guest"] {
+            for (path, text) in rendered_shell_templates(name) {
+                let mut child = Command::new("shellcheck")
+                    .args(["--shell=dash", "-"])
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .spawn()
+                    .expect("shellcheck runs (scripts/host-setup installs it)");
+                use std::io::Write;
+                child
+                    .stdin
+                    .take()
+                    .unwrap()
+                    .write_all(text.as_bytes())
+                    .unwrap();
+                let output = child.wait_with_output().unwrap();
+                assert!(
+                    output.status.success(),
+                    "{} rendered for {name}:\n{}",
+                    path.display(),
+                    String::from_utf8_lossy(&output.stdout)
+                );
+                checked += 1;
+            }
+        }
+        // rcS and services for each profile, iscsi-sessions for the hypervisor.
+        assert!(checked >= 7, "only {checked} rendered scripts found");
+    }
+}
