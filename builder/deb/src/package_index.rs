@@ -78,6 +78,10 @@ pub struct PackageRecord {
     pub section: Option<String>,
     /// `Installed-Size` in KiB; 0 when the index omits it.
     pub installed_size: u64,
+    /// `Source`: the source package's name, and its version when it differs
+    /// from the binary's; `None` when the source has the binary's name and version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<(String, Option<DebVersion>)>,
 }
 
 impl PackageRecord {
@@ -176,8 +180,28 @@ impl PackageRecord {
             priority: stanza.get("Priority").map(str::to_owned),
             section: stanza.get("Section").map(str::to_owned),
             installed_size,
+            source: stanza
+                .get("Source")
+                .map(|value| source_field(value).map_err(|reason| invalid("Source", value, reason)))
+                .transpose()?,
         })
     }
+}
+
+/// `Source: name` or `Source: name (version)`.
+fn source_field(value: &str) -> Result<(String, Option<DebVersion>), String> {
+    let Some((name, rest)) = value.split_once('(') else {
+        return Ok((value.trim().to_owned(), None));
+    };
+    let version = rest
+        .trim()
+        .strip_suffix(')')
+        .ok_or("expected `name (version)`")?;
+    let version = version
+        .trim()
+        .parse()
+        .map_err(|e: crate::version::VersionError| e.to_string())?;
+    Ok((name.trim().to_owned(), Some(version)))
 }
 
 /// One `Provides` item: a single name with at most an `=` version (policy 7.5).
@@ -323,6 +347,39 @@ mod tests {
         assert_eq!(record.provides[0], ("libc-tools".to_owned(), None));
         assert_eq!(record.provides[1].0, "ldconfig");
         assert_eq!(record.provides[1].1.as_ref().unwrap().to_string(), "2.36");
+    }
+
+    #[test]
+    fn source_field_names_the_source_package() {
+        let text = [
+            stanza("libc6", "2.36-9", "Source: glibc\n"),
+            stanza(
+                "libgcc-s1",
+                "12.2.0-14",
+                "Source: gcc-12 (12.2.0-14+deb12u1)\n",
+            ),
+            stanza("busybox", "1:1.35.0-4", ""),
+        ]
+        .join("\n");
+        let index = PackageIndex::parse(&text).unwrap();
+        assert_eq!(
+            index.versions("libc6")[0].source,
+            Some(("glibc".to_owned(), None))
+        );
+        let (name, version) = index.versions("libgcc-s1")[0].source.clone().unwrap();
+        assert_eq!(
+            (name.as_str(), version.unwrap().to_string().as_str()),
+            ("gcc-12", "12.2.0-14+deb12u1")
+        );
+        assert_eq!(index.versions("busybox")[0].source, None);
+        let bad = stanza("x", "1", "Source: x (1\n");
+        assert!(matches!(
+            PackageIndex::parse(&bad).unwrap_err(),
+            IndexError::InvalidField {
+                field: "Source",
+                ..
+            }
+        ));
     }
 
     #[test]
