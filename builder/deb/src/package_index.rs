@@ -140,11 +140,7 @@ impl PackageRecord {
         let size_text = required("Size")?;
         let size = number("Size", size_text)?;
         let sha256 = required("SHA256")?;
-        if sha256.len() != 64
-            || !sha256
-                .bytes()
-                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-        {
+        if !is_sha256_hex(sha256) {
             return Err(invalid(
                 "SHA256",
                 sha256,
@@ -180,28 +176,34 @@ impl PackageRecord {
             priority: stanza.get("Priority").map(str::to_owned),
             section: stanza.get("Section").map(str::to_owned),
             installed_size,
-            source: stanza
-                .get("Source")
-                .map(|value| source_field(value).map_err(|reason| invalid("Source", value, reason)))
-                .transpose()?,
+            source: source_field(stanza.get("Source")).map_err(|e| invalid("Source", e.0, e.1))?,
         })
     }
 }
 
-/// `Source: name` or `Source: name (version)`.
-fn source_field(value: &str) -> Result<(String, Option<DebVersion>), String> {
+/// Whether `text` is 64 lowercase hex digits.
+fn is_sha256_hex(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// `Source: name` or `Source: name (version)`; `None` when the field is absent.
+type SourceField = Option<(String, Option<DebVersion>)>;
+
+/// Reads the `Source` field's value, if any.
+fn source_field(value: Option<&str>) -> Result<SourceField, (&str, String)> {
+    let Some(value) = value else { return Ok(None) };
     let Some((name, rest)) = value.split_once('(') else {
-        return Ok((value.trim().to_owned(), None));
+        return Ok(Some((value.trim().to_owned(), None)));
     };
     let version = rest
         .trim()
         .strip_suffix(')')
-        .ok_or("expected `name (version)`")?;
+        .ok_or((value, "expected `name (version)`".to_owned()))?;
     let version = version
         .trim()
         .parse()
-        .map_err(|e: crate::version::VersionError| e.to_string())?;
-    Ok((name.trim().to_owned(), Some(version)))
+        .map_err(|e: crate::version::VersionError| (value, e.to_string()))?;
+    Ok(Some((name.trim().to_owned(), Some(version))))
 }
 
 /// One `Provides` item: a single name with at most an `=` version (policy 7.5).
