@@ -21,7 +21,9 @@ const DEP5_FORMAT: &str = "www.debian.org/doc/packaging-manuals/copyright-format
 /// Symbolic links followed at most while resolving a path inside the tree.
 const MAX_SYMLINKS: usize = 40;
 
-/// DEP-5 short names whose SPDX id differs from the name. Names absent here
+/// DEP-5 short names (matched ignoring case, as DEP-5 says) whose SPDX id
+/// differs from the name, and the SPDX 2.0 spellings the SPDX list
+/// deprecated for an unambiguous current id. Names absent here
 /// are kept when they are already a current SPDX id, and become a
 /// `LicenseRef-` otherwise.
 const SPDX_IDS: &[(&str, &str)] = &[
@@ -31,6 +33,15 @@ const SPDX_IDS: &[(&str, &str)] = &[
     ("GPL-2+", "GPL-2.0-or-later"),
     ("GPL-3", "GPL-3.0-only"),
     ("GPL-3+", "GPL-3.0-or-later"),
+    ("GPL-1.0+", "GPL-1.0-or-later"),
+    ("GPL-2.0", "GPL-2.0-only"),
+    ("GPL-2.0+", "GPL-2.0-or-later"),
+    ("GPL-3.0", "GPL-3.0-only"),
+    ("GPL-3.0+", "GPL-3.0-or-later"),
+    ("LGPL-2.0", "LGPL-2.0-only"),
+    ("LGPL-2.0+", "LGPL-2.0-or-later"),
+    ("LGPL-3.0", "LGPL-3.0-only"),
+    ("LGPL-3.0+", "LGPL-3.0-or-later"),
     ("LGPL-2", "LGPL-2.0-only"),
     ("LGPL-2+", "LGPL-2.0-or-later"),
     ("LGPL-2.1", "LGPL-2.1-only"),
@@ -301,11 +312,14 @@ fn licence_term(line: &str, refer: &mut dyn FnMut(&str, &str)) -> String {
 
 /// The SPDX id of one DEP-5 short name, or its `LicenseRef-`.
 fn licence_id(name: &str, refer: &mut dyn FnMut(&str, &str)) -> String {
-    if let Some((_, id)) = SPDX_IDS.iter().find(|(short, _)| *short == name) {
+    if let Some((_, id)) = SPDX_IDS
+        .iter()
+        .find(|(short, _)| short.eq_ignore_ascii_case(name))
+    {
         return (*id).to_owned();
     }
     let current_id = spdx::license_id(name).is_some_and(|id| !id.is_deprecated());
-    if current_id && !AMBIGUOUS.contains(&name) {
+    if current_id && !AMBIGUOUS.iter().any(|a| a.eq_ignore_ascii_case(name)) {
         return name.to_owned();
     }
     let sanitised: String = name
@@ -390,6 +404,18 @@ mod tests {
         assert_eq!(
             extracted[1].text,
             "Permission is hereby granted, free of charge, to any person."
+        );
+    }
+
+    #[test]
+    fn short_names_ignore_case_and_take_spdx_2_0_spellings() {
+        let text = format!(
+            "{HEADER}Files: *\nCopyright: 1991 Someone\nLicense: GPL-2.0+\n\n\
+             Files: zlib/*\nCopyright: 1995 Someone\nLicense: ZLIB and gpl-3.0\n"
+        );
+        assert_eq!(
+            parse_licence(&text).expression(),
+            "GPL-2.0-or-later AND (Zlib AND GPL-3.0-only)"
         );
     }
 
