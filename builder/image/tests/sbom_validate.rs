@@ -40,11 +40,18 @@ fn documents_pass_the_format_validators() {
             package("libc6", "glibc", &[], None),
             package("libstdc++6", "gcc-12", &["libc6"], Some(DEP5)),
         ],
-        artifacts: vec![SbomArtifact {
-            file: "initramfs.img".to_owned(),
-            sha256: "cd".repeat(32),
-            generated_from: vec!["libc6".to_owned(), "libuuid1".to_owned()],
-        }],
+        artifacts: vec![
+            SbomArtifact {
+                file: "initramfs.img".to_owned(),
+                sha256: "cd".repeat(32),
+                generated_from: vec!["libc6".to_owned(), "libuuid1".to_owned()],
+            },
+            SbomArtifact {
+                file: "disk.img".to_owned(),
+                sha256: "ef".repeat(32),
+                generated_from: vec!["initramfs.img".to_owned()],
+            },
+        ],
     };
     let dir = tempfile::tempdir().unwrap();
     let [spdx, cdx, _] = write_sbom(&input, dir.path()).unwrap();
