@@ -110,6 +110,14 @@ impl SourceIndex {
         Ok(index)
     }
 
+    /// Adds the source packages of `other` (another suite, e.g. the security
+    /// suite); where both hold a name and version, `self`'s entry stays.
+    pub fn merge(&mut self, other: SourceIndex) {
+        for (key, package) in other.packages {
+            self.packages.entry(key).or_insert(package);
+        }
+    }
+
     /// The source package `name` at exactly `version`.
     pub fn get(&self, name: &str, version: &str) -> Option<&SourcePackage> {
         self.packages.get(&(name.to_owned(), version.to_owned()))
@@ -196,9 +204,7 @@ pub fn fetch_source_index(
         )?;
         task.finish();
         let text = read_index(&path, &blob)?;
-        for (key, package) in SourceIndex::parse(&text, &path)?.packages {
-            merged.packages.entry(key).or_insert(package);
-        }
+        merged.merge(SourceIndex::parse(&text, &path)?);
     }
     Ok(merged)
 }
@@ -446,8 +452,15 @@ mod tests {
         let repository = local_archive(dir.path());
         let cache = Cache::open(dir.path().join("cache")).unwrap();
         let progress = Reporter::hidden();
-        let index = fetch_source_index(&repository, &cache, &progress).unwrap();
+        let mut index = fetch_source_index(&repository, &cache, &progress).unwrap();
+        let security = "Package: zlib\nVersion: 1:1.2.13.dfsg-1\nDirectory: pool/updates/z/zlib\n\
+            Checksums-Sha256:\n";
+        index.merge(SourceIndex::parse(security, "main/source/Sources").unwrap());
         assert_eq!(index.len(), 1);
+        assert_eq!(
+            index.get("zlib", "1:1.2.13.dfsg-1").unwrap().directory,
+            "pool/main/z/zlib"
+        );
         let wanted = [("zlib".to_owned(), "1:1.2.13.dfsg-1".to_owned())];
         let out = dir.path().join("sources");
         let written =
