@@ -78,6 +78,10 @@ pub struct PackageRecord {
     pub section: Option<String>,
     /// `Installed-Size` in KiB; 0 when the index omits it.
     pub installed_size: u64,
+    /// `Source`: the source package's name, and its version when it differs
+    /// from the binary's; `None` when the source has the binary's name and version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<(String, Option<DebVersion>)>,
 }
 
 impl PackageRecord {
@@ -136,11 +140,7 @@ impl PackageRecord {
         let size_text = required("Size")?;
         let size = number("Size", size_text)?;
         let sha256 = required("SHA256")?;
-        if sha256.len() != 64
-            || !sha256
-                .bytes()
-                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-        {
+        if !is_sha256_hex(sha256) {
             return Err(invalid(
                 "SHA256",
                 sha256,
@@ -176,8 +176,34 @@ impl PackageRecord {
             priority: stanza.get("Priority").map(str::to_owned),
             section: stanza.get("Section").map(str::to_owned),
             installed_size,
+            source: source_field(stanza.get("Source")).map_err(|e| invalid("Source", e.0, e.1))?,
         })
     }
+}
+
+/// Whether `text` is 64 lowercase hex digits.
+fn is_sha256_hex(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// `Source: name` or `Source: name (version)`; `None` when the field is absent.
+type SourceField = Option<(String, Option<DebVersion>)>;
+
+/// Reads the `Source` field's value, if any.
+fn source_field(value: Option<&str>) -> Result<SourceField, (&str, String)> {
+    let Some(value) = value else { return Ok(None) };
+    let Some((name, rest)) = value.split_once('(') else {
+        return Ok(Some((value.trim().to_owned(), None)));
+    };
+    let version = rest
+        .trim()
+        .strip_suffix(')')
+        .ok_or((value, "expected `name (version)`".to_owned()))?;
+    let version = version
+        .trim()
+        .parse()
+        .map_err(|e: crate::version::VersionError| (value, e.to_string()))?;
+    Ok(Some((name.trim().to_owned(), Some(version))))
 }
 
 /// One `Provides` item: a single name with at most an `=` version (policy 7.5).
@@ -323,6 +349,39 @@ mod tests {
         assert_eq!(record.provides[0], ("libc-tools".to_owned(), None));
         assert_eq!(record.provides[1].0, "ldconfig");
         assert_eq!(record.provides[1].1.as_ref().unwrap().to_string(), "2.36");
+    }
+
+    #[test]
+    fn source_field_names_the_source_package() {
+        let text = [
+            stanza("libc6", "2.36-9", "Source: glibc\n"),
+            stanza(
+                "libgcc-s1",
+                "12.2.0-14",
+                "Source: gcc-12 (12.2.0-14+deb12u1)\n",
+            ),
+            stanza("busybox", "1:1.35.0-4", ""),
+        ]
+        .join("\n");
+        let index = PackageIndex::parse(&text).unwrap();
+        assert_eq!(
+            index.versions("libc6")[0].source,
+            Some(("glibc".to_owned(), None))
+        );
+        let (name, version) = index.versions("libgcc-s1")[0].source.clone().unwrap();
+        assert_eq!(
+            (name.as_str(), version.unwrap().to_string().as_str()),
+            ("gcc-12", "12.2.0-14+deb12u1")
+        );
+        assert_eq!(index.versions("busybox")[0].source, None);
+        let bad = stanza("x", "1", "Source: x (1\n");
+        assert!(matches!(
+            PackageIndex::parse(&bad).unwrap_err(),
+            IndexError::InvalidField {
+                field: "Source",
+                ..
+            }
+        ));
     }
 
     #[test]

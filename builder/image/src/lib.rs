@@ -4,3 +4,4 @@ pub mod cpio;
 pub mod disk_image;
 pub mod initramfs;
 pub mod manifest;
+pub mod sbom;

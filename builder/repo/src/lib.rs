@@ -4,4 +4,5 @@ pub mod apt_sources;
 pub mod cache;
 pub mod repository;
 pub mod signature;
+pub mod sources;
 pub mod transport;

@@ -229,6 +229,11 @@ impl Repository {
         }
     }
 
+    /// The configuration this repository was made with.
+    pub fn config(&self) -> &RepositoryConfig {
+        &self.config
+    }
+
     fn dists_url(&self, path: &str) -> String {
         format!("{}/dists/{}/{}", self.mirror, self.config.suite, path)
     }
