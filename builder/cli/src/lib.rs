@@ -8,4 +8,5 @@ pub mod boot;
 pub mod lockfile;
 pub mod pipeline;
 pub mod profile;
+pub mod sbom;
 pub mod services;

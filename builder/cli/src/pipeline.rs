@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 
 use crate::lockfile::Lockfile;
 use crate::profile::{self, LoadedProfile};
+use crate::sbom;
 use crate::services;
 use applbuild_deb::package_index::PackageRecord;
 use applbuild_deb::resolver::{self, ResolveRequest};
@@ -93,6 +94,9 @@ pub enum BuildError {
     /// Writing `disk.img` failed.
     #[error(transparent)]
     DiskImage(#[from] disk_image::DiskImageError),
+    /// Writing the SBOM or the licence list failed.
+    #[error(transparent)]
+    Sbom(#[from] applbuild_image::sbom::SbomError),
     /// Writing an output file failed.
     #[error("cannot write {path}: {source}")]
     Output {
@@ -589,6 +593,8 @@ struct Unpacked {
 struct Assembled {
     tree: RootfsTree,
     kernel: Arc<[u8]>,
+    /// The package the kernel image came from, for the SBOM.
+    kernel_package: Option<String>,
     modules: ModuleSelection,
 }
 
@@ -744,11 +750,13 @@ fn assemble(
         Some(EntryKind::File(contents)) => Arc::clone(contents),
         _ => unreachable!("select_modules checked that the kernel image is a file"),
     };
+    let kernel_package = tree.owner(&modules.vmlinuz).map(str::to_owned);
     tree.remove(&modules.vmlinuz)?;
     seconds.assemble = started.elapsed().as_secs_f64();
     Ok(Assembled {
         tree,
         kernel,
+        kernel_package,
         modules,
     })
 }
@@ -797,6 +805,16 @@ fn write_artifacts(
         size: assembled.kernel.len() as u64,
         sha256: hex::encode(Sha256::digest(&assembled.kernel)),
     });
+    let sbom_files = sbom::write(
+        staging.path(),
+        &loaded.name,
+        &loaded.profile.distribution.suite,
+        sbom::packages(&resolved.records, &assembled.tree),
+        &artifacts,
+        assembled.kernel_package.as_deref(),
+    )?;
+    artifacts.extend(sbom_files);
+    artifacts.sort_by(|a, b| a.file.cmp(&b.file));
     Ok(Artifacts { staging, artifacts })
 }
 

@@ -239,16 +239,24 @@ fn text(bytes: &[u8]) -> String {
 }
 
 /// The files of an image folder (`initrd.img`, `vmlinuz`, `manifest.json`,
-/// `SHA256SUMS`) by name.
+/// `SHA256SUMS`, the SBOMs and the licence list) by name.
 fn image_files(dir: &Path) -> BTreeMap<&'static str, Vec<u8>> {
-    ["initrd.img", "vmlinuz", "manifest.json", "SHA256SUMS"]
-        .into_iter()
-        .map(|name| {
-            let path = dir.join(name);
-            let data = fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-            (name, data)
-        })
-        .collect()
+    [
+        "initrd.img",
+        "vmlinuz",
+        "manifest.json",
+        "SHA256SUMS",
+        "sbom.spdx.json",
+        "sbom.cdx.json",
+        "licenses.csv",
+    ]
+    .into_iter()
+    .map(|name| {
+        let path = dir.join(name);
+        let data = fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        (name, data)
+    })
+    .collect()
 }
 
 /// `S_IFMT` and `S_IFLNK` of `stat(2)`.
@@ -416,7 +424,20 @@ fn build_writes_a_verified_image_with_overlay_modules_and_lock() {
         );
     }
     let artifacts = manifest["artifacts"].as_array().unwrap();
-    assert_eq!(artifacts.len(), 2);
+    let files: Vec<&str> = artifacts
+        .iter()
+        .map(|a| a["file"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        files,
+        [
+            "initrd.img",
+            "licenses.csv",
+            "sbom.cdx.json",
+            "sbom.spdx.json",
+            "vmlinuz"
+        ]
+    );
     for artifact in artifacts {
         let path = image.join(artifact["file"].as_str().unwrap());
         assert_eq!(artifact["sha256"], sha256_of(&path).as_str(), "{artifact}");
@@ -433,7 +454,14 @@ fn build_writes_a_verified_image_with_overlay_modules_and_lock() {
         .collect();
     assert_eq!(
         sums.keys().copied().collect::<Vec<_>>(),
-        ["initrd.img", "manifest.json", "vmlinuz"]
+        [
+            "initrd.img",
+            "licenses.csv",
+            "manifest.json",
+            "sbom.cdx.json",
+            "sbom.spdx.json",
+            "vmlinuz"
+        ]
     );
     for (file, hash) in sums {
         assert_eq!(hash, sha256_of(&image.join(file)), "{file}");
@@ -471,6 +499,56 @@ fn builds_are_byte_identical_with_warm_and_clean_caches() {
             assert!(again[name] == *data, "{out}/tiny/{name} differs from out1");
         }
     }
+}
+
+#[test]
+fn sbom_lists_every_manifest_package_and_passes_the_format_validators() {
+    let fixture = Fixture::new();
+    fixture.build("out", "cache", &[]).success();
+    let image = fixture.path("out/tiny");
+    let json = |file: &str| -> serde_json::Value {
+        serde_json::from_slice(&fs::read(image.join(file)).unwrap()).unwrap()
+    };
+    let names = |items: &serde_json::Value, pick: &dyn Fn(&serde_json::Value) -> bool| {
+        let mut names: Vec<String> = items
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|item| pick(item))
+            .map(|item| item["name"].as_str().unwrap().to_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let manifest = names(&json("manifest.json")["packages"], &|_| true);
+    assert_eq!(manifest.len(), RESOLVED.len());
+    let cdx = json("sbom.cdx.json");
+    assert_eq!(cdx["specVersion"], "1.6");
+    let library = |item: &serde_json::Value| item["type"] == "library";
+    assert_eq!(names(&cdx["components"], &library), manifest);
+    let spdx = json("sbom.spdx.json");
+    assert_eq!(spdx["spdxVersion"], "SPDX-2.3");
+    let binary = |item: &serde_json::Value| {
+        item["SPDXID"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("SPDXRef-Package-"))
+    };
+    assert_eq!(names(&spdx["packages"], &binary), manifest);
+    let csv = fs::read_to_string(image.join("licenses.csv")).unwrap();
+    assert_eq!(csv.lines().count(), manifest.len() + 1, "{csv}");
+
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/sbom-validate");
+    let output = std::process::Command::new(&script)
+        .arg(image.join("sbom.spdx.json"))
+        .arg(image.join("sbom.cdx.json"))
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(
+        output.status.success(),
+        "scripts/sbom-validate rejected the build's SBOMs:\n{}{}",
+        text(&output.stdout),
+        text(&output.stderr)
+    );
 }
 
 #[test]
@@ -803,7 +881,17 @@ fn image_disk_adds_a_gpt_disk_image_listed_in_the_manifest() {
         .iter()
         .map(|artifact| artifact["file"].as_str().unwrap())
         .collect();
-    assert_eq!(files, ["disk.img", "initrd.img", "vmlinuz"]);
+    assert_eq!(
+        files,
+        [
+            "disk.img",
+            "initrd.img",
+            "licenses.csv",
+            "sbom.cdx.json",
+            "sbom.spdx.json",
+            "vmlinuz"
+        ]
+    );
     assert_eq!(manifest["artifacts"][0]["size"], disk.len());
     assert_eq!(
         manifest["artifacts"][0]["sha256"],

@@ -8,18 +8,16 @@
 //! never guessed from free text.
 
 use std::collections::BTreeMap;
-use std::io;
-use std::path::{Component, Path, PathBuf};
 
 use applbuild_deb::deb822::{Stanza, parse_stanzas};
 use sha2::{Digest, Sha256};
 
+use crate::deb_archive::EntryKind;
+use crate::rootfs::RootfsTree;
+
 /// The `Format:` URL of a machine-readable copyright file (with or without
 /// `https`, with or without the trailing slash).
 const DEP5_FORMAT: &str = "www.debian.org/doc/packaging-manuals/copyright-format/1.0";
-
-/// Symbolic links followed at most while resolving a path inside the tree.
-const MAX_SYMLINKS: usize = 40;
 
 /// DEP-5 short names (matched ignoring case, as DEP-5 says) whose SPDX id
 /// differs from the name, and the SPDX 2.0 spellings the SPDX list
@@ -121,82 +119,54 @@ pub struct Copyright {
     pub sha256: Option<String>,
 }
 
-/// Why a copyright file that exists could not be read.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot read copyright file {path}: {source}")]
-pub struct CopyrightError {
-    /// The path in the tree.
-    pub path: PathBuf,
-    /// The failure.
-    pub source: io::Error,
-}
-
-/// Reads `usr/share/doc/<package>/copyright` of the tree `root`, following
-/// symbolic links inside the tree (a doc folder is often a link to another
-/// package's). A missing file gives `NOASSERTION` without a hash.
-pub fn read_copyright(root: &Path, package: &str) -> Result<Copyright, CopyrightError> {
-    let relative = format!("usr/share/doc/{package}/copyright");
-    let error = |source| CopyrightError {
-        path: PathBuf::from(&relative),
-        source,
-    };
-    let Some(path) = resolve_in_tree(root, Path::new(&relative)).map_err(error)? else {
-        return Ok(Copyright {
-            licence: Licence::NoAssertion {
-                reason: format!("{relative} is not in the tree"),
-            },
-            sha256: None,
-        });
-    };
-    let bytes = std::fs::read(&path).map_err(error)?;
-    Ok(Copyright {
-        licence: parse_licence(&String::from_utf8_lossy(&bytes)),
-        sha256: Some(hex::encode(Sha256::digest(&bytes))),
-    })
-}
-
-/// The real path of `relative` in the tree `root`, with absolute link
-/// targets taken as relative to `root`; `None` when a part is missing.
-fn resolve_in_tree(root: &Path, relative: &Path) -> io::Result<Option<PathBuf>> {
-    let mut pending: Vec<PathBuf> = vec![relative.to_path_buf()];
-    let mut resolved = PathBuf::new();
-    let mut links = 0;
-    while let Some(next) = pending.pop() {
-        let mut parts: Vec<Component> = next.components().collect();
-        parts.reverse();
-        while let Some(part) = parts.pop() {
-            match part {
-                Component::Normal(name) => resolved.push(name),
-                Component::ParentDir => {
-                    resolved.pop();
-                    continue;
-                }
-                Component::RootDir => {
-                    resolved.clear();
-                    continue;
-                }
-                Component::CurDir | Component::Prefix(_) => continue,
-            }
-            let full = root.join(&resolved);
-            let metadata = match std::fs::symlink_metadata(&full) {
-                Ok(metadata) => metadata,
-                Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
-                Err(error) => return Err(error),
-            };
-            if metadata.file_type().is_symlink() {
-                links += 1;
-                if links > MAX_SYMLINKS {
-                    return Ok(None);
-                }
-                let rest: PathBuf = parts.iter().rev().collect();
-                resolved.pop();
-                pending.push(rest);
-                pending.push(std::fs::read_link(&full)?);
-                break;
+/// Reads `usr/share/doc/<package>/copyright` of the assembled tree. The
+/// tree resolves links in the path (a doc folder is often a link to another
+/// package's), and a copyright file that is itself a link is followed once.
+/// A missing file gives `NOASSERTION` without a hash.
+pub fn read_copyright(tree: &RootfsTree, package: &str) -> Copyright {
+    let path = format!("usr/share/doc/{package}/copyright");
+    let contents = match tree.get(&path).map(|node| &node.kind) {
+        Some(EntryKind::File(contents)) => Some(contents),
+        Some(EntryKind::Symlink(target)) => {
+            match tree.get(&link_target(&path, target)).map(|node| &node.kind) {
+                Some(EntryKind::File(contents)) => Some(contents),
+                _ => None,
             }
         }
+        _ => None,
+    };
+    match contents {
+        Some(bytes) => Copyright {
+            licence: parse_licence(&String::from_utf8_lossy(bytes)),
+            sha256: Some(hex::encode(Sha256::digest(bytes))),
+        },
+        None => Copyright {
+            licence: Licence::NoAssertion {
+                reason: format!("{path} is not in the tree"),
+            },
+            sha256: None,
+        },
     }
-    Ok(Some(root.join(resolved)))
+}
+
+/// The tree path a symbolic link at `link` points to: absolute targets are
+/// taken from the tree's root, relative ones from the link's folder.
+fn link_target(link: &str, target: &str) -> String {
+    let mut parts: Vec<&str> = link.split('/').collect();
+    parts.pop();
+    if target.starts_with('/') {
+        parts.clear();
+    }
+    for part in target.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            name => parts.push(name),
+        }
+    }
+    parts.join("/")
 }
 
 /// The licence a copyright file's text declares; see the module documentation.
@@ -432,23 +402,36 @@ mod tests {
 
     #[test]
     fn reads_the_tree_following_links_inside_it() {
-        let root = tempfile::tempdir().unwrap();
-        let doc = root.path().join("usr/share/doc");
-        std::fs::create_dir_all(doc.join("libzstd1")).unwrap();
+        let mut tree = RootfsTree::new();
         let text = format!("{HEADER}Files: *\nCopyright: Meta\nLicense: BSD-3-clause or GPL-2\n");
-        std::fs::write(doc.join("libzstd1/copyright"), &text).unwrap();
-        std::os::unix::fs::symlink("/usr/share/doc/libzstd1", doc.join("zstd")).unwrap();
-        std::os::unix::fs::symlink("libzstd1", doc.join("libzstd-dev")).unwrap();
+        tree.add_dir("usr/share/doc/libzstd1", 0o755, 0, 0).unwrap();
+        tree.add_file(
+            "usr/share/doc/libzstd1/copyright",
+            text.as_bytes(),
+            0o644,
+            0,
+            0,
+        )
+        .unwrap();
+        tree.add_symlink("usr/share/doc/zstd", "/usr/share/doc/libzstd1")
+            .unwrap();
+        tree.add_dir("usr/share/doc/libzstd-dev", 0o755, 0, 0)
+            .unwrap();
+        tree.add_symlink(
+            "usr/share/doc/libzstd-dev/copyright",
+            "../libzstd1/copyright",
+        )
+        .unwrap();
 
-        let direct = read_copyright(root.path(), "libzstd1").unwrap();
+        let direct = read_copyright(&tree, "libzstd1");
         assert_eq!(direct.licence.expression(), "BSD-3-Clause OR GPL-2.0-only");
         assert_eq!(
             direct.sha256.as_deref(),
             Some(hex::encode(Sha256::digest(text.as_bytes())).as_str())
         );
-        assert_eq!(read_copyright(root.path(), "zstd").unwrap(), direct);
-        assert_eq!(read_copyright(root.path(), "libzstd-dev").unwrap(), direct);
-        let missing = read_copyright(root.path(), "busybox").unwrap();
+        assert_eq!(read_copyright(&tree, "zstd"), direct);
+        assert_eq!(read_copyright(&tree, "libzstd-dev"), direct);
+        let missing = read_copyright(&tree, "busybox");
         assert_eq!(
             (missing.licence.expression(), missing.sha256),
             ("NOASSERTION", None)
