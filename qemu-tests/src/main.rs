@@ -96,7 +96,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    let result = run(cli);
+    process::defer_to_signal_handler();
+    match result {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");

@@ -2,6 +2,7 @@
 //! `vde2`) per network, each with its own socket folder in the run folder.
 //! Nothing touches the host's network: no multicast, no tap device.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::Duration;
@@ -35,6 +36,8 @@ impl VdeSwitch {
             .arg("--sock")
             .arg(&socket)
             .args(["--dirmode", "0700", "--mode", "0600"])
+            // Stopped by the suite, not by a Ctrl-C on its terminal.
+            .process_group(0)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null());

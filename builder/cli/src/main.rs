@@ -161,7 +161,9 @@ struct BuildArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    let result = run(cli);
+    process::defer_to_signal_handler();
+    match result {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");

@@ -62,6 +62,9 @@ impl RunningVm {
         let _runtime = runtime().enter();
         let started = Instant::now();
         let mut child = qemu_command(&spec)
+            // A Ctrl-C on the terminal reaches only the harness, which then
+            // stops the VM itself (see `process::stop_children_on_signals`).
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -148,6 +151,7 @@ pub fn kvm_works(kernel: &Path, scratch: &Path) -> bool {
     }
     let _runtime = runtime().enter();
     let Ok(mut child) = qemu_command(&kvm_probe_spec(kernel))
+        .process_group(0)
         .current_dir(scratch)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

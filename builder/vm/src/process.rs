@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::os::unix::process::CommandExt;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
@@ -16,6 +17,9 @@ pub const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// The children started through [`supervise`] that have not been reaped.
 static LIVE: Mutex<BTreeSet<u32>> = Mutex::new(BTreeSet::new());
+
+/// Set once a signal handler of [`stop_children_on_signals`] has started.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 /// Makes `command`'s child get SIGKILL when the thread that spawns it ends,
 /// so no QEMU or switch outlives a killed harness. Spawn from a thread that
@@ -125,12 +129,24 @@ pub fn stop_children_on_signals(grace: Duration, on_signal: impl FnOnce(&str) + 
             _ = interrupt.recv() => ("SIGINT", Signal::SIGINT as i32),
             _ = terminate.recv() => ("SIGTERM", Signal::SIGTERM as i32),
         };
+        INTERRUPTED.store(true, Ordering::SeqCst);
         tokio::task::spawn_blocking(move || {
             stop_all(grace);
             on_signal(name);
             std::process::exit(128 + number);
         });
     });
+}
+
+/// Called before a program exits by itself: if a signal is being handled
+/// (its children stopping, so the program's work failed), waits for the
+/// handler to exit with the signal's status instead of exiting first.
+pub fn defer_to_signal_handler() {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        loop {
+            std::thread::park();
+        }
+    }
 }
 
 #[cfg(test)]
