@@ -19,4 +19,5 @@ ip link set "$tap" master br0
 ip link set "$tap" up
 cat "$kernel" > "$run_dir/vmlinuz"
 cat "$initrd" > "$run_dir/initrd.img"
-eval "setsid $qemu_command" < /dev/null > "$run_dir/qemu.log" 2>&1 &
+# A subshell: dash keeps the caller's output open for a backgrounded eval.
+(eval "setsid $qemu_command") < /dev/null > "$run_dir/qemu.log" 2>&1 &
