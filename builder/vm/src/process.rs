@@ -179,9 +179,18 @@ mod tests {
     #[test]
     fn terminate_stops_a_child_that_ignores_sigterm() {
         let mut child = std::process::Command::new("sh")
-            .args(["-c", "trap '' TERM; exec sleep 30"])
+            .args(["-c", "trap '' TERM; echo ready; exec sleep 30"])
+            .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
+        // SIGTERM only once the trap is set.
+        let mut ready = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut ready,
+        )
+        .unwrap();
+        assert_eq!(ready, "ready\n");
         register(child.id());
         let started = Instant::now();
         terminate_std(&mut child, Duration::from_millis(300));
