@@ -1,7 +1,8 @@
 //! The two-node cluster under test: the storage node and the hypervisor node,
-//! each with one NIC on SAN-A and one on SAN-B, booted once and shared by
-//! every scenario. Each node is driven through QMP (virtual cables) and the
-//! QEMU guest agent (commands), and its serial console is kept in a log.
+//! each with one NIC on SAN-A and one on SAN-B, booted once (both at once)
+//! and shared by every scenario. Each node is driven through QMP (virtual
+//! cables) and the QEMU guest agent (commands), and its serial console is
+//! kept in a log.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,13 +11,16 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use applbuild::boot::{self, READY_MARKER};
 use applbuild::profile::{self, LoadedProfile};
-use applbuild_vm::qemu::{self, Accel, Disk, NetBackend, RunningVm};
+use applbuild_vm::console::{fatal_lines, not_ready_detail};
+use applbuild_vm::machine::RunningVm;
+use applbuild_vm::qemu::{Accel, Disk, DiskCache, NetBackend};
 use applbuild_vm::qga::{ExecOutput, QgaClient};
 use applbuild_vm::qmp::QmpClient;
+use applbuild_vm::runtime::block_on;
 
 use crate::guest::{self, GUEST, Guest};
 use crate::network::VdeSwitch;
-use crate::waits::{Scale, wait_until};
+use crate::waits::Scale;
 
 /// Profile names of the two nodes.
 pub const STORAGE: &str = "storage";
@@ -58,7 +62,7 @@ pub struct ConsoleScan {
 /// expected per-path SCSI errors.
 pub fn classify_console(console: &str) -> ConsoleScan {
     let mut scan = ConsoleScan::default();
-    for line in qemu::fatal_lines(console) {
+    for line in fatal_lines(console) {
         let path_error = line.contains("I/O error")
             && (line.contains("dev sd") || line.contains("on dev sd"))
             && !line.contains("dev dm-");
@@ -71,25 +75,32 @@ pub fn classify_console(console: &str) -> ConsoleScan {
     scan
 }
 
+/// What a node boots with, besides its profile.
+struct NodeBoot<'a> {
+    image_dir: PathBuf,
+    run_dir: PathBuf,
+    serial_log: PathBuf,
+    accel: Accel,
+    backend_for: &'a dyn Fn(&str) -> NetBackend,
+    extra_disks: Vec<Disk>,
+}
+
 impl Node {
-    fn boot(
-        loaded: LoadedProfile,
-        image_dir: &Path,
-        run_dir: &Path,
-        serial_log: &Path,
-        accel: Accel,
-        backend_for: &dyn Fn(&str) -> NetBackend,
-        extra_disks: Vec<Disk>,
-    ) -> Result<Self> {
+    /// Starts the node's QEMU and waits for its ready line and its agent.
+    /// Runs on the thread that polls it (QEMU's spawner, see
+    /// `applbuild_vm::process::supervise`), so two nodes boot concurrently.
+    async fn boot(loaded: LoadedProfile, how: NodeBoot<'_>) -> Result<Self> {
+        let run_dir = &how.run_dir;
         std::fs::create_dir_all(run_dir)
             .with_context(|| format!("creating {}", run_dir.display()))?;
-        let scale = Scale(accel.timeout_scale());
-        let mut spec = boot::vm_spec(&loaded, image_dir, run_dir, accel, backend_for)?;
-        spec.disks.extend(extra_disks);
+        let scale = Scale(how.accel.timeout_scale());
+        let mut spec = boot::vm_spec(&loaded, &how.image_dir, run_dir, how.accel, how.backend_for)?;
+        spec.disks.extend(how.extra_disks);
         // S14 reboots the hypervisor inside the same QEMU process.
         spec.exit_on_reboot = false;
-        let vm = RunningVm::start(spec, serial_log)?;
+        let vm = RunningVm::start(spec, &how.serial_log)?;
         let qmp = QmpClient::connect(&run_dir.join("qmp.sock"), Duration::from_secs(30))
+            .await
             .with_context(|| format!("{}: QMP", loaded.name))?;
         let mut node = Self {
             name: loaded.name.clone(),
@@ -104,28 +115,35 @@ impl Node {
             boots: 1,
         };
         let started = node.vm.started;
-        node.await_ready(1, started, scale.secs(60))?;
+        node.await_ready(1, started, scale.secs(60)).await?;
         Ok(node)
     }
 
     /// Waits for the `count`-th ready line, records boot-to-ready from
     /// `since`, then (re)connects the guest agent.
-    fn await_ready(&mut self, count: usize, since: Instant, timeout: Duration) -> Result<()> {
-        let vm = &mut self.vm;
-        let ready = wait_until(timeout, Duration::from_millis(100), || {
-            vm.console().matches(READY_MARKER).count() >= count || vm.has_exited()
-        }) && !vm.has_exited();
-        if !ready {
+    async fn await_ready(&mut self, count: usize, since: Instant, timeout: Duration) -> Result<()> {
+        let printed = self
+            .vm
+            .console_capture()
+            .wait_for(timeout, |text| {
+                (text.matches(READY_MARKER).count() >= count).then_some(())
+            })
+            .await;
+        if printed.is_none() || self.vm.has_exited() {
             bail!(
                 "{}: no `{READY_MARKER}` line within {timeout:?} (serial log {}){}",
                 self.name,
                 self.vm.serial_log.display(),
-                qemu::not_ready_detail(&self.vm.console())
+                not_ready_detail(&self.vm.console())
             );
         }
         self.boot_to_ready.push(since.elapsed().as_secs_f64());
         self.qga = None;
-        let qga = QgaClient::connect(&self.qga_socket(), self.scale.secs(30))
+        let socket = self.qga_socket();
+        let wait = self.scale.secs(30);
+        let qga = tokio::task::spawn_blocking(move || QgaClient::connect(&socket, wait))
+            .await
+            .context("the guest-agent task")?
             .with_context(|| format!("{}: guest agent", self.name))?;
         self.qga = Some(qga);
         Ok(())
@@ -153,6 +171,24 @@ impl Node {
             .with_context(|| format!("{}: running `{command}`", self.name))
     }
 
+    /// Runs a shell script (one of `scripts/*.sh`) in the guest with
+    /// positional arguments; `timeout` is nominal.
+    pub fn exec_script(
+        &mut self,
+        name: &str,
+        script: &str,
+        args: &[&str],
+        timeout: Duration,
+    ) -> Result<ExecOutput> {
+        let scaled = timeout * self.scale.0;
+        let qga = self
+            .qga
+            .as_mut()
+            .ok_or_else(|| anyhow!("{}: guest agent not connected", self.name))?;
+        qga.exec_script(name, script, args, scaled)
+            .with_context(|| format!("{}: running {name}", self.name))
+    }
+
     /// Runs a command that must succeed within 30 s (nominal) and returns
     /// its standard output.
     pub fn sh(&mut self, command: &str) -> Result<String> {
@@ -172,10 +208,11 @@ impl Node {
     /// Pulls or replugs the virtual cable of the NIC on `network`
     /// (NIC ids are the network names).
     pub fn set_link(&mut self, network: &str, up: bool) -> Result<()> {
-        self.qmp
+        let qmp = self
+            .qmp
             .as_mut()
-            .ok_or_else(|| anyhow!("{}: QMP released", self.name))?
-            .set_link(network, up)
+            .ok_or_else(|| anyhow!("{}: QMP released", self.name))?;
+        block_on(qmp.set_link(network, up))
             .with_context(|| format!("{}: set_link {network} {up}", self.name))
     }
 
@@ -220,12 +257,9 @@ impl Node {
             Duration::from_secs(10),
         );
         self.qga = None;
-        let vm = &mut self.vm;
-        if !wait_until(self.scale.secs(30), Duration::from_millis(200), || {
-            vm.has_exited()
-        }) {
+        if !self.vm.wait_exit(self.scale.secs(30)) {
             if let Some(qmp) = &mut self.qmp {
-                let _ = qmp.quit();
+                let _ = block_on(qmp.quit());
             }
             self.vm.stop(Duration::from_secs(10));
         }
@@ -238,21 +272,27 @@ impl Node {
         let spec = self.vm.spec.clone();
         self.vm = RunningVm::start(spec, &log)?;
         self.scanned = 0;
-        self.qmp = Some(
-            QmpClient::connect(&self.qmp_socket(), Duration::from_secs(30))
-                .with_context(|| format!("{}: QMP after the power cycle", self.name))?,
-        );
-        self.await_ready(1, started, timeout)?;
+        let qmp = block_on(QmpClient::connect(
+            &self.qmp_socket(),
+            Duration::from_secs(30),
+        ))
+        .with_context(|| format!("{}: QMP after the power cycle", self.name))?;
+        self.qmp = Some(qmp);
+        block_on(self.await_ready(1, started, timeout))?;
         Ok(*self.boot_to_ready.last().expect("just recorded"))
     }
 
     /// Powers the guest off and stops QEMU.
     pub fn shutdown(&mut self) {
         if self.qmp.is_none() {
-            self.qmp = QmpClient::connect(&self.qmp_socket(), Duration::from_secs(2)).ok();
+            self.qmp = block_on(QmpClient::connect(
+                &self.qmp_socket(),
+                Duration::from_secs(2),
+            ))
+            .ok();
         }
         if let Some(qmp) = &mut self.qmp {
-            let _ = qmp.quit();
+            let _ = block_on(qmp.quit());
         }
         self.vm.stop(Duration::from_secs(5));
     }
@@ -280,8 +320,8 @@ pub struct Cluster {
 
 impl Cluster {
     /// Starts one switch per network the profiles name, then boots the
-    /// storage node, then the hypervisor node (with the guest's disk image
-    /// attached read-only), each to its ready line.
+    /// storage node and the hypervisor node (with the guest's disk image
+    /// attached read-only) concurrently, each to its ready line.
     pub fn boot(
         profiles_dir: &Path,
         images: &Path,
@@ -313,28 +353,28 @@ impl Cluster {
         };
         std::fs::create_dir_all(artifacts)
             .with_context(|| format!("creating {}", artifacts.display()))?;
-        let storage = Node::boot(
-            storage_profile,
-            &images.join(STORAGE),
-            &run_dir.join(STORAGE),
-            &artifacts.join("storage-serial.log"),
+        let node = |name: &str, extra_disks: Vec<Disk>| NodeBoot {
+            image_dir: images.join(name),
+            run_dir: run_dir.join(name),
+            serial_log: artifacts.join(format!("{name}-serial.log")),
             accel,
-            &backend_for,
-            Vec::new(),
-        )?;
-        let hypervisor = Node::boot(
-            hypervisor_profile,
-            &images.join(HYPERVISOR),
-            &run_dir.join(HYPERVISOR),
-            &artifacts.join("hypervisor-serial.log"),
-            accel,
-            &backend_for,
-            vec![Disk {
-                path: images.join(GUEST).join("disk.img"),
-                serial: guest::IMAGE_DISK_SERIAL.into(),
-                read_only: true,
-            }],
-        )?;
+            backend_for: &backend_for,
+            extra_disks,
+        };
+        let guest_image = Disk {
+            path: images.join(GUEST).join("disk.img"),
+            serial: guest::IMAGE_DISK_SERIAL.into(),
+            read_only: true,
+            cache: DiskCache::Unsafe,
+        };
+        // The hypervisor retries its iSCSI logins until the storage node
+        // answers, so both boot at once.
+        let (storage, hypervisor) = block_on(async {
+            tokio::try_join!(
+                Node::boot(storage_profile, node(STORAGE, Vec::new())),
+                Node::boot(hypervisor_profile, node(HYPERVISOR, vec![guest_image])),
+            )
+        })?;
         Ok(Self {
             storage,
             hypervisor,

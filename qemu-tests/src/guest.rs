@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use applbuild::boot::READY_MARKER;
 use applbuild::profile::LoadedProfile;
+use applbuild_vm::qemu::{Accel, Disk, DiskCache, NetBackend, Nic, Serial, VmSpec};
 use applbuild_vm::qga::ExecOutput;
 use base64::Engine;
 
@@ -83,12 +84,15 @@ pub fn install(hypervisor: &mut Node, alias: &str) -> Result<f64> {
     Ok(started.elapsed().as_secs_f64())
 }
 
-/// The commands that boot the guest from the map: its kernel and initrd are
-/// read from partitions 1 and 2 into RAM (QEMU maps its `-initrd` file, which
-/// a block device does not allow), and the whole map is its virtio disk.
-/// `-no-reboot`: a guest that resets itself (nested on TCG's SVM it now and
-/// then does) stops there, so a failure shows it instead of a fresh boot.
-fn qemu_command(loaded: &LoadedProfile, alias: &str, accel: GuestAccel) -> Result<String> {
+/// The script that starts the guest's QEMU in the hypervisor node.
+const START_SCRIPT: &str = include_str!("../scripts/guest-start.sh");
+
+/// The guest's VM inside the hypervisor node: booted from the map (its
+/// kernel and initrd copied into RAM by the start script), the whole map its
+/// virtio disk, its NIC on the tap. `-no-reboot`: a guest that resets itself
+/// (nested on TCG's SVM it now and then does) stops there, so a failure
+/// shows it instead of a fresh boot.
+fn guest_spec(loaded: &LoadedProfile, alias: &str, accel: GuestAccel) -> Result<VmSpec> {
     let profile = &loaded.profile;
     let nic = profile
         .network
@@ -96,29 +100,30 @@ fn qemu_command(loaded: &LoadedProfile, alias: &str, accel: GuestAccel) -> Resul
         .first()
         .ok_or_else(|| anyhow!("the guest profile has no NIC"))?;
     let accel = match accel {
-        GuestAccel::Kvm => "-accel kvm -cpu host".to_string(),
-        GuestAccel::Tcg => format!("-accel tcg -cpu {}", profile.qemu.tcg_cpu),
+        GuestAccel::Kvm => Accel::Kvm,
+        GuestAccel::Tcg => Accel::Tcg,
     };
-    Ok(format!(
-        "cat {kernel} > {RUN_DIR}/vmlinuz && cat {initrd} > {RUN_DIR}/initrd.img && \
-         setsid qemu-system-x86_64 -name {GUEST} -machine q35 -nodefaults -no-user-config -no-reboot \
-         -m {memory} -smp {cpus} {accel} \
-         -kernel {RUN_DIR}/vmlinuz -initrd {RUN_DIR}/initrd.img -append '{cmdline}' \
-         -drive file={map},if=none,id=disk0,format=raw,cache=none,aio=threads \
-         -device virtio-blk-pci,drive=disk0,serial=root \
-         -netdev tap,id=net0,ifname={TAP},script=no,downscript=no \
-         -device virtio-net-pci,netdev=net0,mac={mac},romfile= \
-         -device virtio-rng-pci -display none -monitor none \
-         -serial file:{RUN_DIR}/console.log -pidfile {RUN_DIR}/qemu.pid \
-         </dev/null >{RUN_DIR}/qemu.log 2>&1 &",
-        memory = profile.qemu.memory_mib,
-        cpus = profile.qemu.cpus,
-        kernel = map_partition(alias, 1),
-        initrd = map_partition(alias, 2),
-        cmdline = profile.kernel.cmdline.join(" "),
-        map = map_device(alias),
-        mac = nic.mac,
-    ))
+    let mut spec = VmSpec::new(GUEST, format!("{RUN_DIR}/vmlinuz").into(), accel);
+    spec.initrd = Some(format!("{RUN_DIR}/initrd.img").into());
+    spec.cmdline = profile.kernel.cmdline.join(" ");
+    spec.memory_mib = profile.qemu.memory_mib;
+    spec.cpus = profile.qemu.cpus;
+    spec.tcg_cpu = profile.qemu.tcg_cpu.clone();
+    spec.disks.push(Disk {
+        path: map_device(alias).into(),
+        serial: "root".into(),
+        read_only: false,
+        cache: DiskCache::Direct,
+    });
+    spec.nics.push(Nic {
+        id: "net0".into(),
+        mac: nic.mac.clone(),
+        backend: NetBackend::Tap { ifname: TAP.into() },
+        without_rom: true,
+    });
+    spec.serial = Serial::File(format!("{RUN_DIR}/console.log").into());
+    spec.pidfile = Some(format!("{RUN_DIR}/qemu.pid").into());
+    Ok(spec)
 }
 
 /// Stops a guest left from an earlier scenario, if any, and its tap.
@@ -140,14 +145,7 @@ impl Guest {
         alias: &str,
         scale: Scale,
     ) -> Result<Self> {
-        let ip = loaded
-            .profile
-            .network
-            .interfaces
-            .first()
-            .and_then(|nic| nic.address.as_deref())
-            .map(|address| address.split('/').next().unwrap_or(address).to_string())
-            .ok_or_else(|| anyhow!("the guest profile's NIC has no address"))?;
+        let ip = guest_ip(loaded)?;
         let kvm = hypervisor
             .exec(
                 "test -c /dev/kvm && test -w /dev/kvm",
@@ -160,68 +158,15 @@ impl Guest {
             GuestAccel::Tcg
         };
         stop(hypervisor)?;
-        let command = qemu_command(loaded, alias, accel)?;
         let started = Instant::now();
-        hypervisor.sh(&format!(
-            "mkdir -p {RUN_DIR} && : > {RUN_DIR}/console.log && \
-             ip tuntap add dev {TAP} mode tap && ip link set {TAP} master br0 && \
-             ip link set {TAP} up && {command}"
-        ))?;
-        // QEMU runs in the background (its errors in qemu.log); it writes
-        // the pid file once it has started the machine.
-        let started_qemu = wait_until(scale.secs(30), Duration::from_millis(500), || {
-            hypervisor
-                .exec(
-                    &format!("test -s {RUN_DIR}/qemu.pid"),
-                    Duration::from_secs(10),
-                )
-                .is_ok_and(|output| output.success())
-        });
-        if !started_qemu {
-            let log = hypervisor
-                .sh(&format!("cat {RUN_DIR}/qemu.log"))
-                .unwrap_or_default();
-            bail!("the guest's QEMU did not start:\n{log}");
-        }
+        start_qemu(hypervisor, &guest_spec(loaded, alias, accel)?, alias, scale)?;
         // A guest boots several times slower nested than on the host.
         let timeout = scale.secs(150);
-        let mut alive = true;
-        let ready = wait_until(timeout, Duration::from_secs(1), || {
-            let probe = hypervisor.exec(
-                &format!(
-                    "kill -0 $(cat {RUN_DIR}/qemu.pid) || echo EXITED; grep -c {READY_MARKER} {RUN_DIR}/console.log"
-                ),
-                Duration::from_secs(20),
-            );
-            match probe {
-                Ok(output) if output.stdout.contains("EXITED") => {
-                    alive = false;
-                    true
-                }
-                Ok(output) => output.stdout.trim().parse::<u32>().is_ok_and(|n| n > 0),
-                Err(_) => false,
-            }
-        });
-        let boot_to_ready_s = started.elapsed().as_secs_f64();
-        if !ready || !alive {
-            let console = hypervisor
-                .sh(&format!(
-                    "tail -n 30 {RUN_DIR}/console.log; echo '--- qemu.log'; cat {RUN_DIR}/qemu.log"
-                ))
-                .unwrap_or_default();
-            bail!(
-                "the guest ({accel:?}) {} within {timeout:?}; last console lines:\n{console}",
-                if alive {
-                    format!("printed no `{READY_MARKER}`")
-                } else {
-                    "QEMU exited".to_string()
-                }
-            );
-        }
+        wait_ready(hypervisor, accel, timeout)?;
         let guest = Self {
             ip,
             accel,
-            boot_to_ready_s,
+            boot_to_ready_s: started.elapsed().as_secs_f64(),
             console_scanned: 0,
         };
         let output = guest.exec(hypervisor, "echo control-ok", Duration::from_secs(30))?;
@@ -278,6 +223,92 @@ impl Guest {
         self.console_scanned += text.len();
         Ok(text)
     }
+}
+
+/// The guest's address on br0, from its profile.
+fn guest_ip(loaded: &LoadedProfile) -> Result<String> {
+    loaded
+        .profile
+        .network
+        .interfaces
+        .first()
+        .and_then(|nic| nic.address.as_deref())
+        .map(|address| address.split('/').next().unwrap_or(address).to_string())
+        .ok_or_else(|| anyhow!("the guest profile's NIC has no address"))
+}
+
+/// Runs the start script and waits until QEMU has written its pid file
+/// (QEMU runs in the background, its errors in qemu.log).
+fn start_qemu(hypervisor: &mut Node, spec: &VmSpec, alias: &str, scale: Scale) -> Result<()> {
+    let kernel = map_partition(alias, 1);
+    let initrd = map_partition(alias, 2);
+    let command = spec.shell_command();
+    let output = hypervisor.exec_script(
+        "guest-start.sh",
+        START_SCRIPT,
+        &[RUN_DIR, TAP, &kernel, &initrd, &command],
+        Duration::from_secs(30),
+    )?;
+    ensure!(
+        output.success(),
+        "guest-start.sh exited with {}\nstdout:\n{}stderr:\n{}",
+        output.exit_code,
+        output.stdout,
+        output.stderr
+    );
+    let started_qemu = wait_until(scale.secs(30), Duration::from_millis(500), || {
+        hypervisor
+            .exec(
+                &format!("test -s {RUN_DIR}/qemu.pid"),
+                Duration::from_secs(10),
+            )
+            .is_ok_and(|output| output.success())
+    });
+    if !started_qemu {
+        let log = hypervisor
+            .sh(&format!("cat {RUN_DIR}/qemu.log"))
+            .unwrap_or_default();
+        bail!("the guest's QEMU did not start:\n{log}");
+    }
+    Ok(())
+}
+
+/// Waits for the guest's ready line on its console (a file in the node);
+/// fails with the console's last lines if QEMU exits or time runs out.
+fn wait_ready(hypervisor: &mut Node, accel: GuestAccel, timeout: Duration) -> Result<()> {
+    let mut alive = true;
+    let ready = wait_until(timeout, Duration::from_secs(1), || {
+        let probe = hypervisor.exec(
+            &format!(
+                "kill -0 $(cat {RUN_DIR}/qemu.pid) || echo EXITED; grep -c {READY_MARKER} {RUN_DIR}/console.log"
+            ),
+            Duration::from_secs(20),
+        );
+        match probe {
+            Ok(output) if output.stdout.contains("EXITED") => {
+                alive = false;
+                true
+            }
+            Ok(output) => output.stdout.trim().parse::<u32>().is_ok_and(|n| n > 0),
+            Err(_) => false,
+        }
+    });
+    if ready && alive {
+        return Ok(());
+    }
+    let console = hypervisor
+        .sh(&format!(
+            "tail -n 30 {RUN_DIR}/console.log; echo '--- qemu.log'; cat {RUN_DIR}/qemu.log"
+        ))
+        .unwrap_or_default();
+    bail!(
+        "the guest ({accel:?}) {} within {timeout:?}; last console lines:\n{console}",
+        if alive {
+            format!("printed no `{READY_MARKER}`")
+        } else {
+            "QEMU exited".to_string()
+        }
+    );
 }
 
 /// Splits the control port's reply into output and exit status.

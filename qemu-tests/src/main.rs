@@ -12,13 +12,15 @@ mod waits;
 
 use std::collections::BTreeMap;
 use std::io::BufRead;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use applbuild::boot::AccelArg;
 use applbuild::pipeline::Project;
-use applbuild_vm::qemu::AccelChoice;
+use applbuild_vm::process;
+use applbuild_vm::qemu::{Accel, AccelChoice};
 use applbuild_vm::qga::QgaClient;
 use clap::{Parser, Subcommand};
 
@@ -63,8 +65,8 @@ struct Cli {
     #[arg(long, default_value = "target/acceptance", value_name = "DIR")]
     artifacts: PathBuf,
     /// CPU accelerator; `auto` uses KVM only after a probe boot succeeds.
-    #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
-    accel: AccelChoice,
+    #[arg(long, value_enum, default_value_t = AccelArg::Auto)]
+    accel: AccelArg,
     /// Do not build missing or stale images: fail instead.
     #[arg(long)]
     no_build: bool,
@@ -94,7 +96,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    let result = run(cli);
+    process::defer_to_signal_handler();
+    match result {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
@@ -109,22 +113,26 @@ fn run(cli: Cli) -> Result<ExitCode> {
             for scenario in scenarios::all() {
                 println!("{:<4} {}", scenario.id, scenario.title);
             }
-            return Ok(ExitCode::SUCCESS);
+            Ok(ExitCode::SUCCESS)
         }
         Some(Command::Exec {
             socket,
             command,
             timeout,
-        }) => {
-            let timeout = Duration::from_secs(*timeout);
-            let mut agent = QgaClient::connect(socket, Duration::from_secs(10))?;
-            let output = agent.exec_shell(command, timeout)?;
-            print!("{}", output.stdout);
-            eprint!("{}", output.stderr);
-            return Ok(ExitCode::from(output.exit_code.clamp(0, 255) as u8));
-        }
-        None => {}
+        }) => exec_in_vm(socket, command, Duration::from_secs(*timeout)),
+        None => run_suite(&cli),
     }
+}
+
+fn exec_in_vm(socket: &Path, command: &str, timeout: Duration) -> Result<ExitCode> {
+    let mut agent = QgaClient::connect(socket, Duration::from_secs(10))?;
+    let output = agent.exec_shell(command, timeout)?;
+    print!("{}", output.stdout);
+    eprint!("{}", output.stderr);
+    Ok(ExitCode::from(output.exit_code.clamp(0, 255) as u8))
+}
+
+fn run_suite(cli: &Cli) -> Result<ExitCode> {
     let all = scenarios::all();
     let selected: Vec<String> = cli.scenarios.iter().map(|s| s.to_uppercase()).collect();
     for id in &selected {
@@ -138,24 +146,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
     };
     let images = std::path::absolute(&cli.images)?;
     let artifacts = std::path::absolute(&cli.artifacts)?;
-    if cli.no_build {
-        for name in [STORAGE, HYPERVISOR, GUEST] {
-            if !images.join(name).join("vmlinuz").is_file() {
-                bail!("no image {} (and --no-build)", images.join(name).display());
-            }
-        }
-    } else {
-        images::ensure_built(&project, &images, &[STORAGE, HYPERVISOR, GUEST])?;
-    }
+    prepare_images(&project, &images, cli.no_build)?;
 
     // Unix socket paths are limited to 108 bytes: sockets live under /tmp.
     let run_dir = std::env::temp_dir().join(format!("applbuild-test-{}", std::process::id()));
     std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
     std::fs::create_dir_all(&artifacts)
         .with_context(|| format!("creating {}", artifacts.display()))?;
-    let accel = cli
-        .accel
-        .resolve(&images.join(STORAGE).join("vmlinuz"), &run_dir);
+    stop_on_signals(&run_dir, &artifacts);
+    let accel =
+        AccelChoice::from(cli.accel).resolve(&images.join(STORAGE).join("vmlinuz"), &run_dir);
 
     let started = Instant::now();
     let mut suite = SuiteReport {
@@ -169,65 +169,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
         skipped: 0,
         errors: Vec::new(),
     };
-    eprintln!(
-        "applbuild-test: booting storage and hypervisor under {} (run folder {})",
-        suite.accel,
-        run_dir.display()
-    );
-    let mut cluster = match Cluster::boot(
-        &project.profiles_dir(),
-        &images,
-        &run_dir,
-        &artifacts,
-        accel,
-    ) {
-        Ok(cluster) => Some(cluster),
-        Err(error) => {
-            suite
-                .errors
-                .push(format!("cluster did not boot: {error:#}"));
-            None
-        }
+    let cluster_dirs = ClusterDirs {
+        profiles: project.profiles_dir(),
+        images,
+        run: run_dir.clone(),
+        artifacts,
     };
-    if let Some(cluster) = &mut cluster {
-        for node in [&cluster.storage, &cluster.hypervisor] {
-            if let Some(seconds) = node.boot_to_ready.first() {
-                suite
-                    .boot_to_ready_seconds
-                    .insert(node.name.clone(), (seconds * 100.0).round() / 100.0);
-            }
-        }
-        let scan = cluster.scan_consoles();
-        if !scan.fatal.is_empty() {
-            suite.errors.push(format!(
-                "kernel errors while booting:\n{}",
-                scan.fatal.join("\n")
-            ));
-        }
-        eprintln!(
-            "applbuild-test: cluster ready (storage {:.1} s, hypervisor {:.1} s)",
-            suite.boot_to_ready_seconds.get(STORAGE).unwrap_or(&0.0),
-            suite.boot_to_ready_seconds.get(HYPERVISOR).unwrap_or(&0.0),
-        );
-    }
-
+    let mut cluster = boot_cluster(&cluster_dirs, accel, &mut suite);
     for scenario in &all {
         let wanted = selected.is_empty() || selected.iter().any(|id| id == scenario.id);
         let report = match (&mut cluster, wanted) {
             (_, false) => skipped(scenario, "not selected"),
             (None, true) => skipped(scenario, "the cluster did not boot"),
-            (Some(cluster), true) => {
-                eprintln!("applbuild-test: {} {} …", scenario.id, scenario.title);
-                let report = scenarios::run_with_retries(cluster, scenario, cli.retries);
-                eprintln!(
-                    "applbuild-test: {} {:?} in {:.1} s {:?}",
-                    scenario.id, report.outcome, report.seconds, report.timings
-                );
-                if let Some(detail) = &report.detail {
-                    eprintln!("applbuild-test: {}: {detail}", scenario.id);
-                }
-                report
-            }
+            (Some(cluster), true) => run_scenario(cluster, scenario, cli.retries),
         };
         suite.scenarios.push(report);
     }
@@ -245,19 +199,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
 
     if let Some(mut cluster) = cluster {
         if failed && cli.keep {
-            cluster.release();
-            eprintln!(
-                "applbuild-test: --keep: the VMs stay up; press Enter (or Ctrl-C) to stop them.\n{}",
-                cluster.attach_help()
-            );
-            let mut line = String::new();
-            let read = std::io::stdin().lock().read_line(&mut line).unwrap_or(0);
-            if read == 0 {
-                // No terminal: keep them until this process is interrupted.
-                loop {
-                    std::thread::sleep(Duration::from_secs(3600));
-                }
-            }
+            keep_until_enter(&mut cluster);
         }
         cluster.shutdown();
     }
@@ -267,6 +209,121 @@ fn run(cli: Cli) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Checks (`--no-build`) or builds the three images.
+fn prepare_images(project: &Project, images: &Path, no_build: bool) -> Result<()> {
+    if !no_build {
+        return images::ensure_built(project, images, &[STORAGE, HYPERVISOR, GUEST]);
+    }
+    for name in [STORAGE, HYPERVISOR, GUEST] {
+        if !images.join(name).join("vmlinuz").is_file() {
+            bail!("no image {} (and --no-build)", images.join(name).display());
+        }
+    }
+    Ok(())
+}
+
+/// On SIGINT or SIGTERM: the VMs and switches are stopped, the serial logs
+/// and outputs in the artifacts folder stay, the run folder goes, and the
+/// suite exits non-zero.
+fn stop_on_signals(run_dir: &Path, artifacts: &Path) {
+    let run_dir = run_dir.to_path_buf();
+    let artifacts = artifacts.to_path_buf();
+    process::stop_children_on_signals(process::STOP_GRACE, move |signal| {
+        let _ = std::fs::remove_dir_all(&run_dir);
+        eprintln!(
+            "applbuild-test: {signal}: VMs stopped; serial logs and outputs kept in {}",
+            artifacts.display()
+        );
+    });
+}
+
+/// Where the cluster's inputs and outputs are.
+struct ClusterDirs {
+    profiles: PathBuf,
+    images: PathBuf,
+    run: PathBuf,
+    artifacts: PathBuf,
+}
+
+/// Boots the cluster; records its boot times, or why it did not boot, in
+/// `suite`.
+fn boot_cluster(dirs: &ClusterDirs, accel: Accel, suite: &mut SuiteReport) -> Option<Cluster> {
+    eprintln!(
+        "applbuild-test: booting storage and hypervisor under {} (run folder {})",
+        suite.accel,
+        dirs.run.display()
+    );
+    let mut cluster = match Cluster::boot(
+        &dirs.profiles,
+        &dirs.images,
+        &dirs.run,
+        &dirs.artifacts,
+        accel,
+    ) {
+        Ok(cluster) => cluster,
+        Err(error) => {
+            suite
+                .errors
+                .push(format!("cluster did not boot: {error:#}"));
+            return None;
+        }
+    };
+    for node in [&cluster.storage, &cluster.hypervisor] {
+        if let Some(seconds) = node.boot_to_ready.first() {
+            suite
+                .boot_to_ready_seconds
+                .insert(node.name.clone(), (seconds * 100.0).round() / 100.0);
+        }
+    }
+    let scan = cluster.scan_consoles();
+    if !scan.fatal.is_empty() {
+        suite.errors.push(format!(
+            "kernel errors while booting:\n{}",
+            scan.fatal.join("\n")
+        ));
+    }
+    eprintln!(
+        "applbuild-test: cluster ready (storage {:.1} s, hypervisor {:.1} s)",
+        suite.boot_to_ready_seconds.get(STORAGE).unwrap_or(&0.0),
+        suite.boot_to_ready_seconds.get(HYPERVISOR).unwrap_or(&0.0),
+    );
+    Some(cluster)
+}
+
+fn run_scenario(
+    cluster: &mut Cluster,
+    scenario: &scenarios::Scenario,
+    retries: u32,
+) -> ScenarioReport {
+    eprintln!("applbuild-test: {} {} …", scenario.id, scenario.title);
+    let report = scenarios::run_with_retries(cluster, scenario, retries);
+    eprintln!(
+        "applbuild-test: {} {:?} in {:.1} s {:?}",
+        scenario.id, report.outcome, report.seconds, report.timings
+    );
+    if let Some(detail) = &report.detail {
+        eprintln!("applbuild-test: {}: {detail}", scenario.id);
+    }
+    report
+}
+
+/// `--keep`: leaves the VMs up and waits for Enter (or a signal).
+fn keep_until_enter(cluster: &mut Cluster) {
+    cluster.release();
+    eprintln!(
+        "applbuild-test: --keep: the VMs stay up; press Enter (or Ctrl-C) to stop them.\n{}",
+        cluster.attach_help()
+    );
+    let mut line = String::new();
+    let read = std::io::stdin().lock().read_line(&mut line).unwrap_or(0);
+    if read == 0 {
+        // No terminal: keep them until this process is interrupted.
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
 }
 
 fn skipped(scenario: &scenarios::Scenario, why: &str) -> ScenarioReport {

@@ -2,11 +2,13 @@
 //! `vde2`) per network, each with its own socket folder in the run folder.
 //! Nothing touches the host's network: no multicast, no tap device.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use applbuild_vm::process;
 
 use crate::waits::wait_until;
 
@@ -29,23 +31,27 @@ impl VdeSwitch {
     /// Starts a switch for `name` with its sockets in `run_dir/<name>`.
     pub fn start(name: &str, run_dir: &Path) -> Result<Self> {
         let socket = run_dir.join(name);
-        let mut child = Command::new(VDE_SWITCH)
+        let mut command = Command::new(VDE_SWITCH);
+        command
             .arg("--sock")
             .arg(&socket)
             .args(["--dirmode", "0700", "--mode", "0600"])
+            // Stopped by the suite, not by a Ctrl-C on its terminal.
+            .process_group(0)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::null());
+        let mut child = process::supervise(&mut command)
             .spawn()
             .with_context(|| format!("starting {VDE_SWITCH} (install Debian's vde2 package)"))?;
+        process::register(child.id());
         let console = child.stdin.take();
         let ctl = socket.join("ctl");
         let up = wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
             ctl.exists()
         });
         if !up {
-            let _ = child.kill();
-            let _ = child.wait();
+            process::terminate_std(&mut child, process::STOP_GRACE);
             bail!("{VDE_SWITCH} for {name} did not create {}", ctl.display());
         }
         Ok(Self {
@@ -64,7 +70,6 @@ impl VdeSwitch {
 
 impl Drop for VdeSwitch {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        process::terminate_std(&mut self.child, process::STOP_GRACE);
     }
 }

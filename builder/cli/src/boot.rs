@@ -7,12 +7,35 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::profile::LoadedProfile;
+use crate::profile::{Check, LoadedProfile};
 use applbuild_rootfs::templates::{Renderer, TemplateError};
-use applbuild_vm::qemu::{Accel, Disk, NetBackend, Nic, QemuError, RunningVm, VmSpec};
-use applbuild_vm::qga::{QgaClient, QgaError};
+use applbuild_vm::console::{fatal_lines, not_ready_detail};
+use applbuild_vm::machine::{QemuError, RunningVm};
+use applbuild_vm::qemu::{Accel, AccelChoice, Disk, DiskCache, NetBackend, Nic, VmSpec};
+use applbuild_vm::qga::{ExecOutput, QgaClient, QgaError};
 
 pub use crate::services::READY_MARKER;
+
+/// The `--accel` option of `applbuild boot` and `applbuild-test`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AccelArg {
+    /// KVM if a probe boot under KVM works, else TCG.
+    Auto,
+    /// KVM, without probing.
+    Kvm,
+    /// Software emulation.
+    Tcg,
+}
+
+impl From<AccelArg> for AccelChoice {
+    fn from(arg: AccelArg) -> Self {
+        match arg {
+            AccelArg::Auto => AccelChoice::Auto,
+            AccelArg::Kvm => AccelChoice::Kvm,
+            AccelArg::Tcg => AccelChoice::Tcg,
+        }
+    }
+}
 
 /// What can go wrong booting an image.
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +136,7 @@ pub fn vm_spec(
             path,
             serial: disk.name.clone(),
             read_only: false,
+            cache: DiskCache::Unsafe,
         });
     }
     let nics = profile
@@ -123,26 +147,23 @@ pub fn vm_spec(
             id: interface.network.clone(),
             mac: interface.mac.clone(),
             backend: backend_for(&interface.network),
+            without_rom: false,
         })
         .collect();
-    Ok(VmSpec {
-        name: loaded.name.clone(),
-        kernel: image_dir.join("vmlinuz"),
-        initrd: image_dir.join("initrd.img"),
-        cmdline: profile.kernel.cmdline.join(" "),
-        memory_mib: profile.qemu.memory_mib,
-        cpus: profile.qemu.cpus,
-        accel,
-        tcg_cpu: profile.qemu.tcg_cpu.clone(),
-        nics,
-        disks,
-        qmp_socket: run_dir.join("qmp.sock"),
-        qga_socket: profile
-            .guest_agent
-            .enabled
-            .then(|| run_dir.join("qga.sock")),
-        exit_on_reboot: true,
-    })
+    let mut spec = VmSpec::new(&loaded.name, image_dir.join("vmlinuz"), accel);
+    spec.initrd = Some(image_dir.join("initrd.img"));
+    spec.cmdline = profile.kernel.cmdline.join(" ");
+    spec.memory_mib = profile.qemu.memory_mib;
+    spec.cpus = profile.qemu.cpus;
+    spec.tcg_cpu = profile.qemu.tcg_cpu.clone();
+    spec.nics = nics;
+    spec.disks = disks;
+    spec.qmp_socket = Some(run_dir.join("qmp.sock"));
+    spec.qga_socket = profile
+        .guest_agent
+        .enabled
+        .then(|| run_dir.join("qga.sock"));
+    Ok(spec)
 }
 
 /// A hub per network name, so each NIC of a lone VM has a carrier and a
@@ -181,7 +202,7 @@ pub fn check(
             profile: loaded.name.clone(),
             waited: ready_timeout,
             log: serial_log,
-            detail: applbuild_vm::qemu::not_ready_detail(&vm.console()),
+            detail: not_ready_detail(&vm.console()),
         });
     };
     let boot_to_ready_seconds = vm.started.elapsed().as_secs_f64();
@@ -190,42 +211,10 @@ pub fn check(
         .find_map(|word| word.strip_prefix("uptime="))
         .and_then(|value| value.parse().ok());
 
-    let renderer = Renderer::new(&check_context(loaded));
     let command_timeout = Duration::from_secs(30 * u64::from(accel.timeout_scale()));
     let mut agent = QgaClient::connect(&qga_socket, command_timeout)?;
-    let mut checks = Vec::new();
-    for (index, check) in loaded.profile.checks.iter().enumerate() {
-        let command = renderer.render(&format!("checks[{index}].command"), &check.command)?;
-        let expectations = check
-            .expect
-            .iter()
-            .enumerate()
-            .map(|(n, text)| renderer.render(&format!("checks[{index}].expect[{n}]"), text))
-            .collect::<Result<Vec<_>, _>>()?;
-        let started = Instant::now();
-        let output = agent.exec_shell(&command, command_timeout)?;
-        let missing: Vec<&String> = expectations
-            .iter()
-            .filter(|expected| !output.stdout.contains(expected.as_str()))
-            .collect();
-        let passed = output.success() && missing.is_empty();
-        let detail = if passed {
-            String::new()
-        } else {
-            format!(
-                "exit code {}; missing {:?}\nstdout:\n{}stderr:\n{}",
-                output.exit_code, missing, output.stdout, output.stderr
-            )
-        };
-        checks.push(CheckResult {
-            name: check.name.clone(),
-            passed,
-            command,
-            detail,
-            seconds: started.elapsed().as_secs_f64(),
-        });
-    }
-    let fatal = applbuild_vm::qemu::fatal_lines(&vm.console());
+    let mut checks = run_checks(loaded, &mut agent, command_timeout)?;
+    let fatal = fatal_lines(&vm.console());
     if !fatal.is_empty() {
         checks.push(CheckResult {
             name: "serial console free of kernel errors".into(),
@@ -249,6 +238,65 @@ pub fn check(
         serial_log,
         passed,
     })
+}
+
+/// Runs every health check of the profile, in order.
+fn run_checks(
+    loaded: &LoadedProfile,
+    agent: &mut QgaClient,
+    timeout: Duration,
+) -> Result<Vec<CheckResult>, BootError> {
+    let renderer = Renderer::new(&check_context(loaded));
+    let mut results = Vec::new();
+    for (index, check) in loaded.profile.checks.iter().enumerate() {
+        let command = renderer.render(&format!("checks[{index}].command"), &check.command)?;
+        let expectations = check
+            .expect
+            .iter()
+            .enumerate()
+            .map(|(n, text)| renderer.render(&format!("checks[{index}].expect[{n}]"), text))
+            .collect::<Result<Vec<_>, _>>()?;
+        let started = Instant::now();
+        let output = agent.exec_shell(&command, timeout)?;
+        results.push(check_result(
+            check,
+            command,
+            &expectations,
+            &output,
+            started,
+        ));
+    }
+    Ok(results)
+}
+
+/// A check passes when its command exits 0 and prints every expectation.
+fn check_result(
+    check: &Check,
+    command: String,
+    expectations: &[String],
+    output: &ExecOutput,
+    started: Instant,
+) -> CheckResult {
+    let missing: Vec<&String> = expectations
+        .iter()
+        .filter(|expected| !output.stdout.contains(expected.as_str()))
+        .collect();
+    let passed = output.success() && missing.is_empty();
+    let detail = if passed {
+        String::new()
+    } else {
+        format!(
+            "exit code {}; missing {:?}\nstdout:\n{}stderr:\n{}",
+            output.exit_code, missing, output.stdout, output.stderr
+        )
+    };
+    CheckResult {
+        name: check.name.clone(),
+        passed,
+        command,
+        detail,
+        seconds: started.elapsed().as_secs_f64(),
+    }
 }
 
 /// Template context of health checks and service commands: the typed

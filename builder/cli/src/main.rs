@@ -7,11 +7,12 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
-use applbuild::boot::{self, BootReport};
+use applbuild::boot::{self, AccelArg, BootReport};
 use applbuild::pipeline::{self, BuildOptions, BuildReport, Project};
 use applbuild::profile;
 use applbuild_progress::Reporter;
 use applbuild_vm::qemu::{self, AccelChoice};
+use applbuild_vm::{machine, process};
 
 /// Builds minimal appliance images for an iSCSI-multipath KVM cluster from
 /// verified Debian packages, and boots them in QEMU.
@@ -99,8 +100,8 @@ enum Command {
         #[arg(long)]
         check: bool,
         /// CPU accelerator; `auto` uses KVM only after a probe boot succeeds.
-        #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
-        accel: AccelChoice,
+        #[arg(long, value_enum, default_value_t = AccelArg::Auto)]
+        accel: AccelArg,
         /// Seconds to wait for the ready line [default: 60 under KVM, 240 under TCG].
         #[arg(long, value_name = "SECONDS")]
         timeout: Option<u64>,
@@ -160,7 +161,9 @@ struct BuildArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    let result = run(cli);
+    process::defer_to_signal_handler();
+    match result {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
@@ -179,145 +182,29 @@ fn run(cli: Cli) -> Result<ExitCode> {
             profiles,
             build,
             json,
-        } => {
-            let options = build_options(&project, &build, json);
-            let mut reports = Vec::new();
-            for name in &profiles {
-                let report = pipeline::build(&project, name, &options)
-                    .with_context(|| format!("building profile `{name}`"))?;
-                if !json {
-                    print_build(&report);
-                }
-                reports.push(report);
-            }
-            if json {
-                println!("{}", serde_json::to_string_pretty(&reports)?);
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::List { json } => {
-            let names = profile::list(&project.profiles_dir())?;
-            let mut rows = Vec::new();
-            for name in &names {
-                let loaded = profile::load(&project.profiles_dir(), name)?;
-                rows.push(serde_json::json!({
-                    "name": name,
-                    "extends": loaded.files.len() > 1,
-                    "description": loaded.profile.description.clone().unwrap_or_default(),
-                }));
-            }
-            if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
-            } else {
-                for row in rows {
-                    println!(
-                        "{:<12} {}",
-                        row["name"].as_str().unwrap_or(""),
-                        row["description"].as_str().unwrap_or("")
-                    );
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => build_profiles(&project, &profiles, &build, json),
+        Command::List { json } => list_profiles(&project, json),
         Command::Show {
-            profile: name,
+            profile,
             build,
             no_packages,
             json,
-        } => {
-            let loaded = profile::load(&project.profiles_dir(), &name)?;
-            let packages = if no_packages {
-                None
-            } else {
-                Some(pipeline::resolve(
-                    &project,
-                    &loaded,
-                    &build_options(&project, &build, json),
-                )?)
-            };
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({
-                        "profile": name,
-                        "files": loaded.files,
-                        "merged": loaded.merged,
-                        "packages": packages,
-                    }))?
-                );
-            } else {
-                let files: Vec<String> = loaded
-                    .files
-                    .iter()
-                    .map(|f| f.display().to_string())
-                    .collect();
-                println!("# profile {name} (from {})", files.join(", "));
-                println!("{}", toml::to_string_pretty(&loaded.merged)?);
-                if let Some(resolved) = packages {
-                    println!(
-                        "# {} packages, {} KiB installed",
-                        resolved.packages.len(),
-                        resolved.installed_kib
-                    );
-                    for package in &resolved.packages {
-                        println!("{:<40} {}", package.name, package.version);
-                    }
-                    for change in &resolved.lock_changes {
-                        println!("# lock: {change}");
-                    }
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => show_profile(&project, &profile, &build, no_packages, json),
         Command::Boot {
-            profile: name,
+            profile,
             check,
             accel,
             timeout,
             json,
             build,
         } => {
-            let options = build_options(&project, &build, json);
-            let loaded = profile::load(&project.profiles_dir(), &name)?;
-            let image_dir = options.out_dir.join(&name);
-            if !pipeline::is_up_to_date(&project, &loaded, &image_dir) {
-                if !json {
-                    eprintln!("applbuild: {name}: image missing or stale, building first");
-                }
-                let report = pipeline::build(&project, &name, &options)?;
-                if !json {
-                    print_build(&report);
-                }
-            }
-            let run_dir = image_dir.join("run");
-            std::fs::create_dir_all(&run_dir)
-                .with_context(|| format!("creating {}", run_dir.display()))?;
-            let accel = accel.resolve(&image_dir.join("vmlinuz"), &run_dir);
-            let spec = boot::vm_spec(
-                &loaded,
-                &image_dir,
-                &run_dir,
-                accel,
-                &boot::hub_backends(&loaded),
-            )?;
-            if !check {
-                let mut spec = spec;
-                spec.cmdline.push_str(" applbuild.shell=1");
-                return boot_interactive(&spec);
-            }
-            let ready_timeout =
-                Duration::from_secs(timeout.unwrap_or(60 * u64::from(accel.timeout_scale())));
-            let report = boot::check(&loaded, spec, &run_dir, ready_timeout)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print_boot(&report);
-            }
-            Ok(if report.passed {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            let options = BootOptions {
+                check,
+                accel: accel.into(),
+                timeout,
+                json,
+            };
+            boot_profile(&project, &profile, &build, &options)
         }
         Command::Test { args } => run_acceptance_suite(&project, &args),
         Command::Clean {
@@ -332,6 +219,175 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn build_profiles(
+    project: &Project,
+    profiles: &[String],
+    build: &BuildArgs,
+    json: bool,
+) -> Result<ExitCode> {
+    let options = build_options(project, build, json);
+    let mut reports = Vec::new();
+    for name in profiles {
+        let report = pipeline::build(project, name, &options)
+            .with_context(|| format!("building profile `{name}`"))?;
+        if !json {
+            print_build(&report);
+        }
+        reports.push(report);
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn list_profiles(project: &Project, json: bool) -> Result<ExitCode> {
+    let names = profile::list(&project.profiles_dir())?;
+    let mut rows = Vec::new();
+    for name in &names {
+        let loaded = profile::load(&project.profiles_dir(), name)?;
+        rows.push(serde_json::json!({
+            "name": name,
+            "extends": loaded.files.len() > 1,
+            "description": loaded.profile.description.clone().unwrap_or_default(),
+        }));
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        for row in rows {
+            println!(
+                "{:<12} {}",
+                row["name"].as_str().unwrap_or(""),
+                row["description"].as_str().unwrap_or("")
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn show_profile(
+    project: &Project,
+    name: &str,
+    build: &BuildArgs,
+    no_packages: bool,
+    json: bool,
+) -> Result<ExitCode> {
+    let loaded = profile::load(&project.profiles_dir(), name)?;
+    let packages = if no_packages {
+        None
+    } else {
+        Some(pipeline::resolve(
+            project,
+            &loaded,
+            &build_options(project, build, json),
+        )?)
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "profile": name,
+                "files": loaded.files,
+                "merged": loaded.merged,
+                "packages": packages,
+            }))?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let files: Vec<String> = loaded
+        .files
+        .iter()
+        .map(|f| f.display().to_string())
+        .collect();
+    println!("# profile {name} (from {})", files.join(", "));
+    println!("{}", toml::to_string_pretty(&loaded.merged)?);
+    if let Some(resolved) = packages {
+        println!(
+            "# {} packages, {} KiB installed",
+            resolved.packages.len(),
+            resolved.installed_kib
+        );
+        for package in &resolved.packages {
+            println!("{:<40} {}", package.name, package.version);
+        }
+        for change in &resolved.lock_changes {
+            println!("# lock: {change}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// How `applbuild boot` runs the image.
+struct BootOptions {
+    check: bool,
+    accel: AccelChoice,
+    timeout: Option<u64>,
+    json: bool,
+}
+
+fn boot_profile(
+    project: &Project,
+    name: &str,
+    build: &BuildArgs,
+    boot_options: &BootOptions,
+) -> Result<ExitCode> {
+    let json = boot_options.json;
+    let options = build_options(project, build, json);
+    let loaded = profile::load(&project.profiles_dir(), name)?;
+    let image_dir = options.out_dir.join(name);
+    if !pipeline::is_up_to_date(project, &loaded, &image_dir) {
+        if !json {
+            eprintln!("applbuild: {name}: image missing or stale, building first");
+        }
+        let report = pipeline::build(project, name, &options)?;
+        if !json {
+            print_build(&report);
+        }
+    }
+    let run_dir = image_dir.join("run");
+    std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+    let serial_log = run_dir.join("serial.log");
+    // An interrupted boot stops QEMU (its log stays) and exits non-zero.
+    process::stop_children_on_signals(process::STOP_GRACE, move |signal| {
+        eprintln!(
+            "applbuild: {signal}: QEMU stopped; serial log (with --check): {}",
+            serial_log.display()
+        );
+    });
+    let accel = boot_options
+        .accel
+        .resolve(&image_dir.join("vmlinuz"), &run_dir);
+    let spec = boot::vm_spec(
+        &loaded,
+        &image_dir,
+        &run_dir,
+        accel,
+        &boot::hub_backends(&loaded),
+    )?;
+    if !boot_options.check {
+        let mut spec = spec;
+        spec.cmdline.push_str(" applbuild.shell=1");
+        return boot_interactive(spec);
+    }
+    let ready_timeout = Duration::from_secs(
+        boot_options
+            .timeout
+            .unwrap_or(60 * u64::from(accel.timeout_scale())),
+    );
+    let report = boot::check(&loaded, spec, &run_dir, ready_timeout)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_boot(&report);
+    }
+    Ok(if report.passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn build_options(project: &Project, args: &BuildArgs, json: bool) -> BuildOptions {
@@ -357,14 +413,19 @@ fn build_options(project: &Project, args: &BuildArgs, json: bool) -> BuildOption
     }
 }
 
-fn boot_interactive(spec: &qemu::VmSpec) -> Result<ExitCode> {
+fn boot_interactive(mut spec: qemu::VmSpec) -> Result<ExitCode> {
     eprintln!(
         "applbuild: serial console follows; Ctrl-a x quits QEMU, Ctrl-a c toggles its monitor"
     );
-    let status = std::process::Command::new(qemu::QEMU_BINARY)
-        .args(spec.interactive_args())
-        .status()
-        .with_context(|| format!("starting {}", qemu::QEMU_BINARY))?;
+    spec.serial = qemu::Serial::Terminal;
+    let status = applbuild_vm::runtime::block_on(async {
+        let mut child = machine::qemu_command(&spec).kill_on_drop(true).spawn()?;
+        if let Some(pid) = child.id() {
+            process::register(pid);
+        }
+        child.wait().await
+    })
+    .with_context(|| format!("starting {}", qemu::QEMU_BINARY))?;
     Ok(if status.success() {
         ExitCode::SUCCESS
     } else {
@@ -381,16 +442,22 @@ fn run_acceptance_suite(project: &Project, args: &[std::ffi::OsString]) -> Resul
         .and_then(|exe| exe.parent().map(|dir| dir.join(SUITE)))
         .filter(|path| path.is_file());
     let program = beside.map_or_else(|| PathBuf::from(SUITE), PathBuf::from);
-    let status = std::process::Command::new(&program)
-        .args(args)
-        .current_dir(project.root())
-        .status()
-        .with_context(|| {
-            format!(
-                "cannot run {}: build it with `cargo build --release -p qemu-tests`",
-                program.display()
-            )
-        })?;
+    let mut command = std::process::Command::new(&program);
+    command.args(args).current_dir(project.root());
+    let mut child = process::supervise(&mut command).spawn().with_context(|| {
+        format!(
+            "cannot run {}: build it with `cargo build --release -p qemu-tests`",
+            program.display()
+        )
+    })?;
+    // On SIGINT or SIGTERM the suite gets SIGTERM and time to stop its VMs
+    // (each with its own grace) and keep its logs; then this exits non-zero.
+    process::register(child.id());
+    process::stop_children_on_signals(4 * process::STOP_GRACE, |signal| {
+        eprintln!("applbuild: {signal}: the acceptance suite was stopped");
+    });
+    let status = child.wait().context("waiting for the acceptance suite")?;
+    process::unregister(child.id());
     Ok(if status.success() {
         ExitCode::SUCCESS
     } else {

@@ -1,5 +1,11 @@
-//! Running machines: QEMU command lines from one typed spec, QMP, the guest agent and process control.
+//! Running machines: QEMU command lines from one typed spec, the running
+//! process with its captured console, QMP, the guest agent and process
+//! control, on a tokio runtime behind a blocking façade.
 
+pub mod console;
+pub mod machine;
+pub mod process;
 pub mod qemu;
 pub mod qga;
 pub mod qmp;
+pub mod runtime;

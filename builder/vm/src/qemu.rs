@@ -1,13 +1,11 @@
-//! Typed description of a QEMU virtual machine and the process that runs it:
-//! NICs with explicit MAC addresses on named networks, raw disks, a QMP
-//! socket, an optional guest-agent port and the serial console captured to a
-//! log file while it is scanned for lines.
+//! Typed description of a QEMU virtual machine, rendered to one argument
+//! vector (or one shell-quoted line): every QEMU command line of the
+//! project comes from [`VmSpec`].
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+
+/// The QEMU binary used for x86_64 guests.
+pub const QEMU_BINARY: &str = "qemu-system-x86_64";
 
 /// How the CPU is emulated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -30,7 +28,7 @@ impl Accel {
 }
 
 /// The accelerator a user asks for; `Auto` trusts KVM only after a probe.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AccelChoice {
     /// KVM if a probe boot under KVM works, else TCG.
     Auto,
@@ -42,12 +40,12 @@ pub enum AccelChoice {
 
 impl AccelChoice {
     /// The accelerator to use; `Auto` boots `kernel` under KVM once to see
-    /// whether KVM really works here (see [`kvm_works`]).
+    /// whether KVM really works here (see [`crate::machine::kvm_works`]).
     pub fn resolve(self, kernel: &Path, scratch: &Path) -> Accel {
         match self {
             AccelChoice::Kvm => Accel::Kvm,
             AccelChoice::Tcg => Accel::Tcg,
-            AccelChoice::Auto if kvm_works(kernel, scratch) => Accel::Kvm,
+            AccelChoice::Auto if crate::machine::kvm_works(kernel, scratch) => Accel::Kvm,
             AccelChoice::Auto => Accel::Tcg,
         }
     }
@@ -66,6 +64,11 @@ pub enum NetBackend {
         /// The switch's socket folder.
         socket: PathBuf,
     },
+    /// A tap device made beforehand (no helper scripts run).
+    Tap {
+        /// The tap's interface name.
+        ifname: String,
+    },
 }
 
 /// One virtio NIC.
@@ -77,28 +80,56 @@ pub struct Nic {
     pub mac: String,
     /// Where its frames go.
     pub backend: NetBackend,
+    /// Without the NIC's option ROM (`romfile=`): a nested guest boots its
+    /// kernel directly and the ROM file may be missing in a minimal image.
+    pub without_rom: bool,
+}
+
+/// How QEMU caches a disk's writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskCache {
+    /// Never flushed: throw-away disks of a test run.
+    Unsafe,
+    /// Straight to the device (`O_DIRECT`): a disk on a multipath map,
+    /// whose failover the guest should see.
+    Direct,
 }
 
 /// One raw virtio disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Disk {
-    /// Image file.
+    /// Image file or block device.
     pub path: PathBuf,
     /// Serial number (`/dev/disk/by-id/virtio-<serial>` in the guest).
     pub serial: String,
     /// Attached read-only (an image handed to the guest, not its storage).
     pub read_only: bool,
+    /// Write caching.
+    pub cache: DiskCache,
+}
+
+/// Where the serial console goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Serial {
+    /// QEMU's standard output, headless, no monitor (captured by the caller).
+    Stdout,
+    /// This terminal, QEMU's monitor multiplexed on it (Ctrl-a c), Ctrl-a x quits.
+    Terminal,
+    /// A file, headless, no monitor.
+    File(PathBuf),
 }
 
 /// Everything QEMU needs to start one VM.
 #[derive(Debug, Clone)]
 pub struct VmSpec {
-    /// Short name used in logs.
+    /// Short name used in logs (`-name`).
     pub name: String,
+    /// Machine type.
+    pub machine: String,
     /// Kernel image.
     pub kernel: PathBuf,
-    /// Initramfs.
-    pub initrd: PathBuf,
+    /// Initramfs, if any.
+    pub initrd: Option<PathBuf>,
     /// Kernel command line.
     pub cmdline: String,
     /// Memory in MiB.
@@ -107,360 +138,177 @@ pub struct VmSpec {
     pub cpus: u32,
     /// Accelerator.
     pub accel: Accel,
-    /// CPU model under TCG.
+    /// CPU model under TCG (under KVM the host's CPU is passed through).
     pub tcg_cpu: String,
     /// NICs in PCI order.
     pub nics: Vec<Nic>,
     /// Disks in order.
     pub disks: Vec<Disk>,
-    /// QMP socket to create.
-    pub qmp_socket: PathBuf,
+    /// The serial console.
+    pub serial: Serial,
+    /// QMP socket to create, if any.
+    pub qmp_socket: Option<PathBuf>,
     /// Guest-agent socket to create, if the image runs the agent.
     pub qga_socket: Option<PathBuf>,
+    /// File QEMU writes its process id to once the machine runs.
+    pub pidfile: Option<PathBuf>,
     /// QEMU exits when the guest reboots (`-no-reboot`); false lets the
     /// guest reboot in the same process (same sockets, same NICs).
     pub exit_on_reboot: bool,
 }
 
 impl VmSpec {
-    /// The `qemu-system-x86_64` arguments for a headless run whose serial
-    /// console is the process's standard output.
-    pub fn headless_args(&self) -> Vec<String> {
-        let mut args = self.common_args();
-        args.extend(["-display", "none", "-serial", "stdio", "-monitor", "none"].map(String::from));
+    /// A headless VM with no NICs, disks or sockets, the serial console on
+    /// QEMU's standard output, QEMU exiting on reboot; fields to be filled in.
+    pub fn new(name: &str, kernel: PathBuf, accel: Accel) -> Self {
+        Self {
+            name: name.into(),
+            machine: "q35".into(),
+            kernel,
+            initrd: None,
+            cmdline: String::new(),
+            memory_mib: 256,
+            cpus: 1,
+            accel,
+            tcg_cpu: "max".into(),
+            nics: Vec::new(),
+            disks: Vec::new(),
+            serial: Serial::Stdout,
+            qmp_socket: None,
+            qga_socket: None,
+            pidfile: None,
+            exit_on_reboot: true,
+        }
+    }
+
+    /// The `qemu-system-x86_64` arguments (without the binary).
+    pub fn args(&self) -> Vec<String> {
+        let mut args = self.machine_args();
+        args.extend(self.boot_args());
+        args.extend(self.nics.iter().flat_map(nic_args));
+        args.extend(self.disks.iter().enumerate().flat_map(disk_args));
+        args.extend(self.control_args());
+        args.extend(words(&["-device", "virtio-rng-pci"]));
+        args.extend(self.console_args());
         args
     }
 
-    /// The arguments for an interactive run: serial console on the terminal,
-    /// QEMU's monitor multiplexed on it (Ctrl-a c), Ctrl-a x quits.
-    pub fn interactive_args(&self) -> Vec<String> {
-        let mut args = self.common_args();
-        args.extend(["-nographic", "-serial", "mon:stdio"].map(String::from));
-        args
+    /// The whole command line quoted for a POSIX shell (for a QEMU started
+    /// by a script inside another VM).
+    pub fn shell_command(&self) -> String {
+        let mut argv = vec![QEMU_BINARY.to_string()];
+        argv.extend(self.args());
+        shlex::try_join(argv.iter().map(String::as_str)).expect("QEMU arguments hold no NUL byte")
     }
 
-    fn common_args(&self) -> Vec<String> {
-        let mut args: Vec<String> = vec![
-            "-name".into(),
-            self.name.clone(),
-            "-machine".into(),
-            "q35".into(),
-            "-nodefaults".into(),
-            "-no-user-config".into(),
-            "-m".into(),
-            self.memory_mib.to_string(),
-            "-smp".into(),
-            self.cpus.to_string(),
-            "-kernel".into(),
-            self.kernel.display().to_string(),
-            "-initrd".into(),
-            self.initrd.display().to_string(),
-            "-append".into(),
-            self.cmdline.clone(),
-            "-qmp".into(),
-            format!("unix:{},server=on,wait=off", self.qmp_socket.display()),
-        ];
+    fn machine_args(&self) -> Vec<String> {
+        let mut args = words(&["-name", &self.name, "-machine", &self.machine]);
+        args.extend(words(&["-nodefaults", "-no-user-config"]));
         if self.exit_on_reboot {
             args.push("-no-reboot".into());
         }
+        args.extend(words(&["-m", &self.memory_mib.to_string()]));
+        args.extend(words(&["-smp", &self.cpus.to_string()]));
         match self.accel {
-            Accel::Kvm => args.extend(["-accel", "kvm", "-cpu", "host"].map(String::from)),
-            Accel::Tcg => {
-                args.extend([
-                    "-accel".into(),
-                    "tcg".into(),
-                    "-cpu".into(),
-                    self.tcg_cpu.clone(),
-                ]);
-            }
+            Accel::Kvm => args.extend(words(&["-accel", "kvm", "-cpu", "host"])),
+            Accel::Tcg => args.extend(words(&["-accel", "tcg", "-cpu", &self.tcg_cpu])),
         }
-        for nic in &self.nics {
-            let netdev = match &nic.backend {
-                NetBackend::Hub { hub } => format!("hubport,id={},hubid={hub}", nic.id),
-                NetBackend::Vde { socket } => {
-                    format!("vde,id={},sock={}", nic.id, socket.display())
-                }
-            };
-            args.extend([
-                "-netdev".into(),
-                netdev,
-                "-device".into(),
-                format!(
-                    "virtio-net-pci,netdev={id},id={id},mac={}",
-                    nic.mac,
-                    id = nic.id
-                ),
-            ]);
-        }
-        for (index, disk) in self.disks.iter().enumerate() {
-            args.extend([
-                "-drive".into(),
-                format!(
-                    "file={},if=none,id=disk{index},format=raw,cache=unsafe,aio=threads,readonly={}",
-                    disk.path.display(),
-                    if disk.read_only { "on" } else { "off" }
-                ),
-                "-device".into(),
-                format!("virtio-blk-pci,drive=disk{index},serial={}", disk.serial),
-            ]);
-        }
-        if let Some(socket) = &self.qga_socket {
-            args.extend([
-                "-chardev".into(),
-                format!(
-                    "socket,path={},server=on,wait=off,id=qga0",
-                    socket.display()
-                ),
-                "-device".into(),
-                "virtio-serial-pci".into(),
-                "-device".into(),
-                "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0".into(),
-            ]);
-        }
-        args.extend(["-device".into(), "virtio-rng-pci".into()]);
         args
     }
-}
 
-/// What can go wrong running QEMU.
-#[derive(Debug, thiserror::Error)]
-pub enum QemuError {
-    /// The binary could not be started.
-    #[error("cannot start {binary}: {source} (install the qemu-system-x86 package)")]
-    Spawn {
-        /// The QEMU binary.
-        binary: String,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The serial log could not be written.
-    #[error("cannot write serial log {path}: {source}")]
-    Log {
-        /// The log.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-}
-
-/// The QEMU binary used for x86_64 guests.
-pub const QEMU_BINARY: &str = "qemu-system-x86_64";
-
-/// A running VM whose serial console is captured to a file and kept in memory.
-pub struct RunningVm {
-    /// The VM's description.
-    pub spec: VmSpec,
-    child: Child,
-    console: Arc<Mutex<String>>,
-    /// The serial log file.
-    pub serial_log: PathBuf,
-    /// When QEMU was started.
-    pub started: Instant,
-}
-
-impl RunningVm {
-    /// Starts QEMU headless; every console line goes to `serial_log`.
-    pub fn start(spec: VmSpec, serial_log: &Path) -> Result<Self, QemuError> {
-        let mut log = std::fs::File::create(serial_log).map_err(|source| QemuError::Log {
-            path: serial_log.to_path_buf(),
-            source,
-        })?;
-        let started = Instant::now();
-        let mut child = Command::new(QEMU_BINARY)
-            .args(spec.headless_args())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|source| QemuError::Spawn {
-                binary: QEMU_BINARY.into(),
-                source,
-            })?;
-        let console = Arc::new(Mutex::new(String::new()));
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let sink = Arc::clone(&console);
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(stdout);
-            let mut line = Vec::new();
-            while reader.read_until(b'\n', &mut line).unwrap_or(0) > 0 {
-                let _ = log.write_all(&line);
-                let _ = log.flush();
-                sink.lock()
-                    .expect("console lock")
-                    .push_str(&String::from_utf8_lossy(&line));
-                line.clear();
-            }
-        });
-        let sink = Arc::clone(&console);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock()
-                    .expect("console lock")
-                    .push_str(&format!("[qemu] {line}\n"));
-            }
-        });
-        Ok(Self {
-            spec,
-            child,
-            console,
-            serial_log: serial_log.to_path_buf(),
-            started,
-        })
-    }
-
-    /// Everything the console printed so far.
-    pub fn console(&self) -> String {
-        self.console.lock().expect("console lock").clone()
-    }
-
-    /// Waits until a console line contains `needle`; returns that line, or
-    /// `None` if the deadline passed or QEMU exited first.
-    pub fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> Option<String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(line) = self.console().lines().find(|line| line.contains(needle)) {
-                return Some(line.to_string());
-            }
-            if Instant::now() >= deadline || self.has_exited() {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+    fn boot_args(&self) -> Vec<String> {
+        let mut args = vec!["-kernel".into(), path_arg(&self.kernel)];
+        if let Some(initrd) = &self.initrd {
+            args.extend(["-initrd".into(), path_arg(initrd)]);
         }
+        args.extend(["-append".into(), self.cmdline.clone()]);
+        args
     }
 
-    /// Whether the QEMU process has ended.
-    pub fn has_exited(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(Some(_)))
-    }
-
-    /// Waits up to `timeout` for QEMU to exit, then kills it.
-    pub fn stop(&mut self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if self.has_exited() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+    fn control_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if let Some(socket) = &self.qmp_socket {
+            args.push("-qmp".into());
+            args.push(format!("unix:{},server=on,wait=off", socket.display()));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(socket) = &self.qga_socket {
+            args.push("-chardev".into());
+            args.push(format!(
+                "socket,path={},server=on,wait=off,id=qga0",
+                socket.display()
+            ));
+            args.extend(words(&["-device", "virtio-serial-pci", "-device"]));
+            args.push("virtserialport,chardev=qga0,name=org.qemu.guest_agent.0".into());
+        }
+        if let Some(pidfile) = &self.pidfile {
+            args.extend(["-pidfile".into(), path_arg(pidfile)]);
+        }
+        args
     }
-}
 
-impl Drop for RunningVm {
-    fn drop(&mut self) {
-        if !self.has_exited() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+    fn console_args(&self) -> Vec<String> {
+        match &self.serial {
+            Serial::Stdout => words(&["-display", "none", "-serial", "stdio", "-monitor", "none"]),
+            Serial::Terminal => words(&["-nographic", "-serial", "mon:stdio"]),
+            Serial::File(path) => {
+                let mut args = words(&["-display", "none", "-monitor", "none", "-serial"]);
+                args.push(format!("file:{}", path.display()));
+                args
+            }
         }
     }
 }
 
-/// Console lines that mean the guest kernel is in trouble. I/O errors are
-/// the block layer's (`I/O error, dev sdb, sector …`, `Buffer I/O error on
-/// dev dm-0`), not daemons' messages such as iscsid's "Login I/O error",
-/// which it prints before retrying a login.
-pub const FATAL_CONSOLE_PATTERNS: &[&str] = &[
-    "Kernel panic",
-    "Oops:",
-    "BUG:",
-    "blocked for more than",
-    "I/O error, dev ",
-    "Buffer I/O error on dev",
-    "Call Trace:",
-];
-
-/// The console lines that match [`FATAL_CONSOLE_PATTERNS`].
-pub fn fatal_lines(console: &str) -> Vec<String> {
-    console
-        .lines()
-        .filter(|line| {
-            FATAL_CONSOLE_PATTERNS
-                .iter()
-                .any(|pattern| line.contains(pattern))
-        })
-        .map(String::from)
-        .collect()
+/// The spec of the KVM probe: `kernel` alone, no init to run, so the guest
+/// prints its banner and panics (`panic=-1` and `-no-reboot` end QEMU).
+pub fn kvm_probe_spec(kernel: &Path) -> VmSpec {
+    let mut spec = VmSpec::new("kvm-probe", kernel.to_path_buf(), Accel::Kvm);
+    spec.cmdline = "console=ttyS0 panic=-1 rdinit=/nonexistent".into();
+    spec
 }
 
-/// The last `count` lines of a console capture: what a "not ready" error
-/// shows so a failure in CI can be read without the serial log file.
-pub fn console_tail(console: &str, count: usize) -> Vec<String> {
-    let lines: Vec<&str> = console.lines().collect();
-    lines[lines.len().saturating_sub(count)..]
-        .iter()
-        .map(|line| line.to_string())
-        .collect()
-}
-
-/// How a guest that never got ready ended: its kernel's fatal lines, then
-/// the last lines of its console, one per line, indented.
-pub fn not_ready_detail(console: &str) -> String {
-    let mut detail = String::new();
-    let fatal = fatal_lines(console);
-    if !fatal.is_empty() {
-        detail.push_str("\n  kernel errors:\n    ");
-        detail.push_str(&fatal.join("\n    "));
-    }
-    detail.push_str("\n  last console lines:\n    ");
-    detail.push_str(&console_tail(console, NOT_READY_TAIL_LINES).join("\n    "));
-    detail
-}
-
-/// How many console lines a "not ready" error quotes.
-const NOT_READY_TAIL_LINES: usize = 30;
-
-/// Whether KVM works here: /dev/kvm opens and a guest kernel gets as far as
-/// printing its banner under KVM. Nested KVM may expose /dev/kvm and still
-/// abort or hang, so only a real boot is trusted.
-pub fn kvm_works(kernel: &Path, scratch: &Path) -> bool {
-    if std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_err()
-    {
-        return false;
-    }
-    let Ok(mut child) = Command::new(QEMU_BINARY)
-        .args([
-            "-accel",
-            "kvm",
-            "-cpu",
-            "host",
-            "-machine",
-            "q35",
-            "-nodefaults",
-            "-no-reboot",
-        ])
-        .args(["-display", "none", "-serial", "stdio", "-m", "256"])
-        .arg("-kernel")
-        .arg(kernel)
-        .args(["-append", "console=ttyS0 panic=-1 rdinit=/nonexistent"])
-        .current_dir(scratch)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-    else {
-        return false;
+fn nic_args(nic: &Nic) -> Vec<String> {
+    let netdev = match &nic.backend {
+        NetBackend::Hub { hub } => format!("hubport,id={},hubid={hub}", nic.id),
+        NetBackend::Vde { socket } => format!("vde,id={},sock={}", nic.id, socket.display()),
+        NetBackend::Tap { ifname } => {
+            format!("tap,id={},ifname={ifname},script=no,downscript=no", nic.id)
+        }
     };
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let (sender, receiver) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let found = BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .any(|line| line.contains("Linux version"));
-        let _ = sender.send(found);
-    });
-    let works = receiver
-        .recv_timeout(Duration::from_secs(15))
-        .unwrap_or(false);
-    let _ = child.kill();
-    let _ = child.wait();
-    works
+    let mut device = format!(
+        "virtio-net-pci,netdev={id},id={id},mac={}",
+        nic.mac,
+        id = nic.id
+    );
+    if nic.without_rom {
+        device.push_str(",romfile=");
+    }
+    vec!["-netdev".into(), netdev, "-device".into(), device]
+}
+
+fn disk_args((index, disk): (usize, &Disk)) -> Vec<String> {
+    let cache = match disk.cache {
+        DiskCache::Unsafe => "unsafe",
+        DiskCache::Direct => "none",
+    };
+    vec![
+        "-drive".into(),
+        format!(
+            "file={},if=none,id=disk{index},format=raw,cache={cache},aio=threads,readonly={}",
+            disk.path.display(),
+            if disk.read_only { "on" } else { "off" }
+        ),
+        "-device".into(),
+        format!("virtio-blk-pci,drive=disk{index},serial={}", disk.serial),
+    ]
+}
+
+fn words(words: &[&str]) -> Vec<String> {
+    words.iter().map(|word| word.to_string()).collect()
+}
+
+fn path_arg(path: &Path) -> String {
+    path.display().to_string()
 }
 
 #[cfg(test)]
@@ -468,56 +316,63 @@ mod tests {
     use super::*;
 
     fn spec() -> VmSpec {
-        VmSpec {
-            name: "storage".into(),
-            kernel: "/out/vmlinuz".into(),
-            initrd: "/out/initrd.img".into(),
-            cmdline: "console=ttyS0".into(),
-            memory_mib: 384,
-            cpus: 1,
-            accel: Accel::Tcg,
-            tcg_cpu: "max".into(),
-            nics: vec![
-                Nic {
-                    id: "san-a".into(),
-                    mac: "52:54:00:00:0a:10".into(),
-                    backend: NetBackend::Hub { hub: 0 },
+        let mut spec = VmSpec::new("storage", "/out/vmlinuz".into(), Accel::Tcg);
+        spec.initrd = Some("/out/initrd.img".into());
+        spec.cmdline = "console=ttyS0".into();
+        spec.memory_mib = 384;
+        spec.nics = vec![
+            Nic {
+                id: "san-a".into(),
+                mac: "52:54:00:00:0a:10".into(),
+                backend: NetBackend::Hub { hub: 0 },
+                without_rom: false,
+            },
+            Nic {
+                id: "san-b".into(),
+                mac: "52:54:00:00:0b:10".into(),
+                backend: NetBackend::Vde {
+                    socket: "/run/b".into(),
                 },
-                Nic {
-                    id: "san-b".into(),
-                    mac: "52:54:00:00:0b:10".into(),
-                    backend: NetBackend::Vde {
-                        socket: "/run/b".into(),
-                    },
-                },
-            ],
-            disks: vec![Disk {
-                path: "/tmp/lun1.raw".into(),
-                serial: "lun1".into(),
-                read_only: false,
-            }],
-            qmp_socket: "/tmp/qmp.sock".into(),
-            qga_socket: Some("/tmp/qga.sock".into()),
-            exit_on_reboot: true,
-        }
+                without_rom: false,
+            },
+        ];
+        spec.disks = vec![Disk {
+            path: "/tmp/lun1.raw".into(),
+            serial: "lun1".into(),
+            read_only: false,
+            cache: DiskCache::Unsafe,
+        }];
+        spec.qmp_socket = Some("/tmp/qmp.sock".into());
+        spec.qga_socket = Some("/tmp/qga.sock".into());
+        spec
     }
 
     #[test]
     fn every_nic_gets_its_mac_and_backend() {
-        let args = spec().headless_args().join(" ");
+        let args = spec().args().join(" ");
         assert!(args.contains("-netdev hubport,id=san-a,hubid=0"), "{args}");
         assert!(
-            args.contains("virtio-net-pci,netdev=san-a,id=san-a,mac=52:54:00:00:0a:10"),
+            args.contains("virtio-net-pci,netdev=san-a,id=san-a,mac=52:54:00:00:0a:10 "),
             "{args}"
         );
         assert!(args.contains("-netdev vde,id=san-b,sock=/run/b"), "{args}");
         assert!(
-            args.contains("virtio-blk-pci,drive=disk0,serial=lun1"),
+            args.contains("cache=unsafe,aio=threads,readonly=off -device virtio-blk-pci,drive=disk0,serial=lun1"),
+            "{args}"
+        );
+        assert!(
+            args.contains("-qmp unix:/tmp/qmp.sock,server=on,wait=off"),
             "{args}"
         );
         assert!(args.contains("name=org.qemu.guest_agent.0"), "{args}");
         assert!(args.contains("-accel tcg -cpu max"), "{args}");
-        assert!(args.contains("-serial stdio"), "{args}");
+        assert!(
+            args.contains("-kernel /out/vmlinuz -initrd /out/initrd.img -append console=ttyS0")
+        );
+        assert!(
+            args.ends_with("-display none -serial stdio -monitor none"),
+            "{args}"
+        );
         assert!(args.contains("-no-reboot"), "{args}");
     }
 
@@ -525,35 +380,63 @@ mod tests {
     fn a_rebootable_vm_has_no_no_reboot_flag() {
         let mut spec = spec();
         spec.exit_on_reboot = false;
-        assert!(!spec.headless_args().iter().any(|arg| arg == "-no-reboot"));
+        spec.serial = Serial::Terminal;
+        let args = spec.args();
+        assert!(!args.iter().any(|arg| arg == "-no-reboot"));
+        assert!(args.join(" ").ends_with("-nographic -serial mon:stdio"));
+    }
+
+    #[test]
+    fn the_kvm_probe_boots_the_kernel_alone_under_kvm() {
+        let args = kvm_probe_spec(Path::new("/out/vmlinuz")).args().join(" ");
+        assert!(args.contains("-accel kvm -cpu host"), "{args}");
+        assert!(args.contains("-no-reboot -m 256"), "{args}");
         assert!(
-            !spec
-                .interactive_args()
-                .iter()
-                .any(|arg| arg == "-no-reboot")
+            !args.contains("-initrd") && !args.contains("-qmp"),
+            "{args}"
         );
+        assert!(args.contains("-append console=ttyS0 panic=-1 rdinit=/nonexistent"));
+        assert!(args.contains("-serial stdio"), "{args}");
     }
 
+    /// The nested guest: a command line for a shell, its kernel command
+    /// line one word, the tap without ROM, the map cached straight through.
     #[test]
-    fn fatal_lines_are_found() {
-        let console = "ok\n[ 1.0] Kernel panic - not syncing\n[ 2.0] blk_update_request: I/O error, dev sdb\nfine\n";
-        assert_eq!(fatal_lines(console).len(), 2);
-        assert!(fatal_lines("APPLBUILD-READY\n").is_empty());
-        assert_eq!(
-            fatal_lines("Buffer I/O error on dev dm-0, logical block 0\n").len(),
-            1
+    fn the_shell_command_quotes_what_the_shell_would_split() {
+        let mut spec = VmSpec::new("guest", "/run/vm/vmlinuz".into(), Accel::Kvm);
+        spec.cmdline = "console=ttyS0 quiet".into();
+        spec.nics.push(Nic {
+            id: "net0".into(),
+            mac: "52:54:00:12:34:56".into(),
+            backend: NetBackend::Tap {
+                ifname: "vm0".into(),
+            },
+            without_rom: true,
+        });
+        spec.disks.push(Disk {
+            path: "/dev/mapper/kvm".into(),
+            serial: "root".into(),
+            read_only: false,
+            cache: DiskCache::Direct,
+        });
+        spec.serial = Serial::File("/run/vm/console.log".into());
+        spec.pidfile = Some("/run/vm/qemu.pid".into());
+        let line = spec.shell_command();
+        assert!(
+            line.starts_with("qemu-system-x86_64 -name guest "),
+            "{line}"
         );
-        assert!(fatal_lines("iscsid: Login I/O error, failed to send a PDU\n").is_empty());
-    }
-
-    #[test]
-    fn not_ready_detail_quotes_errors_and_the_console_tail() {
-        let console: String = (0..40).map(|n| format!("line {n}\n")).collect();
-        let console = format!("Kernel panic - not syncing: test\n{console}");
-        let detail = not_ready_detail(&console);
-        assert!(detail.contains("kernel errors:\n    Kernel panic"));
-        assert!(detail.contains("line 39") && detail.contains("line 10"));
-        assert!(!detail.contains("line 9\n"));
-        assert_eq!(console_tail("a\nb\n", 5), ["a", "b"]);
+        assert!(line.contains(" -append 'console=ttyS0 quiet' "), "{line}");
+        let args = spec.args().join(" ");
+        assert!(
+            args.contains("-netdev tap,id=net0,ifname=vm0,script=no,downscript=no"),
+            "{args}"
+        );
+        assert!(args.contains("mac=52:54:00:12:34:56,romfile= "), "{args}");
+        assert!(args.contains("file=/dev/mapper/kvm,if=none,id=disk0,format=raw,cache=none"));
+        assert!(args.contains("-pidfile /run/vm/qemu.pid"), "{args}");
+        assert!(args.ends_with("-serial file:/run/vm/console.log"), "{args}");
+        let words = shlex::split(&line).unwrap();
+        assert_eq!(words[1..], spec.args()[..]);
     }
 }

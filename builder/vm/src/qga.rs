@@ -9,8 +9,6 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use serde_json::{Value, json};
 
-use crate::qmp::connect_with_retry;
-
 /// What can go wrong talking to the guest agent.
 #[derive(Debug, thiserror::Error)]
 pub enum QgaError {
@@ -148,9 +146,35 @@ impl QgaClient {
 
     /// Runs `command` with `/bin/sh -c` in the guest and waits for it.
     pub fn exec_shell(&mut self, command: &str, timeout: Duration) -> Result<ExecOutput, QgaError> {
+        self.exec("/bin/sh", &["-c", command], command, timeout)
+    }
+
+    /// Runs a shell script in the guest with positional arguments (`$1` …)
+    /// and waits for it; `name` stands for the script in errors and `$0`.
+    pub fn exec_script(
+        &mut self,
+        name: &str,
+        script: &str,
+        args: &[&str],
+        timeout: Duration,
+    ) -> Result<ExecOutput, QgaError> {
+        let mut argv = vec!["-c", script, name];
+        argv.extend_from_slice(args);
+        self.exec("/bin/sh", &argv, name, timeout)
+    }
+
+    /// Runs `path` with `args` in the guest and waits for it; `label` names
+    /// the command in a timeout error.
+    fn exec(
+        &mut self,
+        path: &str,
+        args: &[&str],
+        label: &str,
+        timeout: Duration,
+    ) -> Result<ExecOutput, QgaError> {
         let started = self.request(
             "guest-exec",
-            json!({"path": "/bin/sh", "arg": ["-c", command], "capture-output": true}),
+            json!({"path": path, "arg": args, "capture-output": true}),
         )?;
         let pid = started
             .get("pid")
@@ -183,7 +207,7 @@ impl QgaClient {
             }
             if Instant::now() >= deadline {
                 return Err(QgaError::Timeout {
-                    command: command.into(),
+                    command: label.into(),
                     timeout,
                 });
             }
@@ -256,6 +280,18 @@ impl QgaClient {
         }
         let text: Vec<u8> = line.into_iter().filter(|byte| *byte != 0xff).collect();
         Ok(serde_json::from_slice(&text).ok())
+    }
+}
+
+/// Connects to a unix socket, retrying while it does not exist or refuses.
+fn connect_with_retry(path: &Path, wait: Duration) -> std::io::Result<UnixStream> {
+    let deadline = Instant::now() + wait;
+    loop {
+        match UnixStream::connect(path) {
+            Ok(stream) => return Ok(stream),
+            Err(error) if Instant::now() >= deadline => return Err(error),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
     }
 }
 
