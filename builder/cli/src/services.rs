@@ -440,6 +440,22 @@ mod tests {
     }
 
     #[test]
+    fn supervise_says_a_post_start_step_failed() {
+        let root = SuperviseRoot::new(&[("p", "daemon", "-", "true", "sleep 30")]);
+        let functions = root.dir.path().join("functions");
+        let mut text = std::fs::read_to_string(&functions).unwrap();
+        text.push_str("svc_p_post_start() {\nfalse\n}\n");
+        std::fs::write(&functions, text).unwrap();
+        let console = root.run("p");
+        assert_eq!(
+            failed_lines(&console),
+            ["APPLBUILD-FAILED p: a post-start step failed"],
+            "{console}"
+        );
+        assert!(!root.ready_dir().join("p").exists());
+    }
+
+    #[test]
     fn supervise_backs_off_longer_after_each_failed_start() {
         let root = SuperviseRoot::new(&[("dies", "daemon", "-", "false", "false")]);
         std::fs::create_dir_all(root.ready_dir()).unwrap();
