@@ -599,6 +599,13 @@ pub fn list(dir: &Path) -> Result<Vec<String>, ProfileError> {
 
 /// Loads `dir/<name>.toml` with its `extends` chain, validated.
 pub fn load(dir: &Path, name: &str) -> Result<LoadedProfile, ProfileError> {
+    if let Some(message) = WordRule::Name.refusal(name) {
+        return Err(ProfileError::Value {
+            profile: name.into(),
+            key: "(profile name)".into(),
+            message,
+        });
+    }
     let mut chain: Vec<(PathBuf, toml::Table)> = Vec::new();
     let mut next = Some(name.to_string());
     while let Some(current) = next {
@@ -612,6 +619,19 @@ pub fn load(dir: &Path, name: &str) -> Result<LoadedProfile, ProfileError> {
             .get("extends")
             .and_then(|value| value.as_str())
             .map(String::from);
+        if let Some(parent) = &next
+            && let Some(message) = WordRule::Name.refusal(parent)
+        {
+            let (path, line) =
+                locate_value(std::slice::from_ref(&path), "extends", parent).unwrap_or((path, 1));
+            return Err(ProfileError::Invalid {
+                path,
+                line,
+                column: 1,
+                key_note: "key `extends`: ".into(),
+                message,
+            });
+        }
         chain.push((path, table));
     }
 
@@ -720,6 +740,7 @@ fn validate(name: &str, profile: &Profile, files: &[PathBuf]) -> Result<(), Prof
     if profile.packages.include.is_empty() {
         return Err(fail("packages.include", "no packages listed".into()));
     }
+    validate_words(name, profile, files)?;
     validate_image(&profile.image, &fail)?;
     validate_network(&profile.network, &fail)?;
     if let Some(target) = &profile.target {
@@ -816,7 +837,7 @@ where
             ));
         }
     }
-    check_portals("target.portals", &target.portals, fail)
+    Ok(())
 }
 
 fn validate_initiator<F>(
@@ -827,7 +848,6 @@ fn validate_initiator<F>(
 where
     F: Fn(&str, String) -> ProfileError,
 {
-    check_portals("initiator.portals", &initiator.portals, fail)?;
     let netdevs: Vec<&str> = network
         .interfaces
         .iter()
@@ -969,19 +989,320 @@ fn locate_service(files: &[PathBuf], name: &str, field: Option<&str>) -> Option<
     })
 }
 
-fn check_portals<F>(key: &str, portals: &[String], fail: &F) -> Result<(), ProfileError>
-where
-    F: Fn(&str, String) -> ProfileError,
-{
-    for portal in portals {
-        let valid = portal.rsplit_once(':').is_some_and(|(address, port)| {
-            address.parse::<std::net::IpAddr>().is_ok() && port.parse::<u16>().is_ok()
+/// What a value that reaches a script or a configuration file must look like.
+#[derive(Debug, Clone, Copy)]
+enum WordRule {
+    /// RFC 1123 host name.
+    Hostname,
+    /// Linux network device name (at most 15 characters).
+    NetDevice,
+    /// A name: letters, digits, `-`, `_`, `.`, not starting with `-`.
+    Name,
+    /// iSCSI name (RFC 3720): `iqn.`, `eui.` or `naa.` form.
+    Iqn,
+    /// `ADDRESS:PORT`.
+    Portal,
+    /// Hex digits (a SCSI WWID).
+    Wwid,
+    /// An IP address with a prefix length (`ADDRESS/BITS`).
+    AddressWithPrefix,
+    /// An IP address, optionally with a prefix length.
+    Address,
+}
+
+impl WordRule {
+    /// Why `value` does not fit, if it does not.
+    fn refusal(self, value: &str) -> Option<String> {
+        if let Some(bad) = value.chars().find(|&c| is_unsafe_char(c)) {
+            return Some(format!(
+                "{value:?} has {} (refused in a value that reaches a script or a configuration file)",
+                match bad {
+                    '\n' | '\r' => "a newline".to_string(),
+                    c if c.is_whitespace() => "whitespace".to_string(),
+                    c if c.is_control() => "a control character".to_string(),
+                    c => format!("the shell metacharacter `{c}`"),
+                }
+            ));
+        }
+        let (fits, form) = match self {
+            Self::Hostname => (
+                is_hostname(value),
+                "a host name (RFC 1123: labels of letters, digits and `-`)",
+            ),
+            Self::NetDevice => (
+                is_name(value) && value.len() <= 15,
+                "a network device name (at most 15 letters, digits, `-`, `_`, `.`)",
+            ),
+            Self::Name => (
+                is_name(value),
+                "a name (letters, digits, `-`, `_`, `.`; not starting with `-`)",
+            ),
+            Self::Iqn => (
+                is_iscsi_name(value),
+                "an iSCSI name (RFC 3720: iqn.YYYY-MM.reversed.domain[:name], eui.<16 hex>, naa.<16 or 32 hex>)",
+            ),
+            Self::Portal => (is_portal(value), "ADDRESS:PORT"),
+            Self::Wwid => (
+                !value.is_empty()
+                    && value.len() <= 64
+                    && value.chars().all(|c| c.is_ascii_hexdigit()),
+                "a WWID (hex digits)",
+            ),
+            Self::AddressWithPrefix => (is_address(value, true), "ADDRESS/PREFIX"),
+            Self::Address => (is_address(value, false), "an IP address or ADDRESS/PREFIX"),
+        };
+        (!fits).then(|| format!("`{value}` is not {form}"))
+    }
+}
+
+/// Whitespace, control characters and what a shell treats specially.
+fn is_unsafe_char(c: char) -> bool {
+    c.is_whitespace() || c.is_control() || ";&|<>()$`\\\"'*?[]#~!{}^".contains(c)
+}
+
+fn is_name(value: &str) -> bool {
+    !value.is_empty()
+        && !value.starts_with('-')
+        && value != "."
+        && value != ".."
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+fn is_hostname(value: &str) -> bool {
+    value.len() <= 253
+        && value.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
+/// RFC 3720 section 3.2.6.3: `iqn.` + year-month + reversed domain name
+/// (+ `:` and any name), `eui.` + 16 hex digits, `naa.` + 16 or 32.
+fn is_iscsi_name(value: &str) -> bool {
+    let hex = |digits: &str| digits.chars().all(|c| c.is_ascii_hexdigit());
+    if let Some(digits) = value.strip_prefix("eui.") {
+        return digits.len() == 16 && hex(digits);
+    }
+    if let Some(digits) = value.strip_prefix("naa.") {
+        return matches!(digits.len(), 16 | 32) && hex(digits);
+    }
+    let Some(rest) = value.strip_prefix("iqn.") else {
+        return false;
+    };
+    let (authority, name) = rest.split_once(':').unwrap_or((rest, ""));
+    let Some((date, domain)) = authority.split_once('.') else {
+        return false;
+    };
+    let date_fits = date.len() == 7
+        && date.as_bytes()[4] == b'-'
+        && date[..4].chars().all(|c| c.is_ascii_digit())
+        && date[5..]
+            .parse::<u8>()
+            .is_ok_and(|month| (1..=12).contains(&month));
+    date_fits
+        && is_hostname(domain)
+        && value.len() <= 223
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | ':'))
+}
+
+fn is_portal(value: &str) -> bool {
+    value.rsplit_once(':').is_some_and(|(address, port)| {
+        address.parse::<std::net::IpAddr>().is_ok() && port.parse::<u16>().is_ok_and(|p| p > 0)
+    })
+}
+
+fn is_address(value: &str, prefix_required: bool) -> bool {
+    let (address, prefix) = match value.split_once('/') {
+        Some((address, prefix)) => (address, Some(prefix)),
+        None => (value, None),
+    };
+    let Ok(address) = address.parse::<std::net::IpAddr>() else {
+        return false;
+    };
+    let limit = if address.is_ipv4() { 32 } else { 128 };
+    match prefix {
+        Some(prefix) => prefix.parse::<u8>().is_ok_and(|bits| bits <= limit),
+        None => !prefix_required,
+    }
+}
+
+/// A value that reaches a script or a configuration file.
+struct WordValue {
+    /// Dotted key (`initiator.portals[1]`).
+    key: String,
+    /// The key as it is written in the file (`portals`).
+    leaf: &'static str,
+    /// The value.
+    value: String,
+    /// What it must look like.
+    rule: WordRule,
+}
+
+/// Collects [`WordValue`]s.
+#[derive(Default)]
+struct Words(Vec<WordValue>);
+
+impl Words {
+    fn add(&mut self, key: impl Into<String>, leaf: &'static str, value: &str, rule: WordRule) {
+        self.0.push(WordValue {
+            key: key.into(),
+            leaf,
+            value: value.to_string(),
+            rule,
         });
-        if !valid {
-            return Err(fail(key, format!("`{portal}` is not ADDRESS:PORT")));
+    }
+}
+
+/// The values of `profile` that reach a script or a configuration file.
+fn word_values(profile: &Profile) -> Vec<WordValue> {
+    let mut words = Words::default();
+    if let Some(hostname) = &profile.hostname {
+        words.add("hostname", "hostname", hostname, WordRule::Hostname);
+    }
+    for (index, interface) in profile.network.interfaces.iter().enumerate() {
+        let key = |field: &str| format!("network.interfaces[{index}].{field}");
+        words.add(key("name"), "name", &interface.name, WordRule::NetDevice);
+        words.add(
+            key("network"),
+            "network",
+            &interface.network,
+            WordRule::Name,
+        );
+        if let Some(address) = &interface.address {
+            words.add(
+                key("address"),
+                "address",
+                address,
+                WordRule::AddressWithPrefix,
+            );
+        }
+        if let Some(bridge) = &interface.bridge {
+            words.add(key("bridge"), "bridge", bridge, WordRule::NetDevice);
         }
     }
+    for (index, bridge) in profile.network.bridges.iter().enumerate() {
+        let key = |field: &str| format!("network.bridges[{index}].{field}");
+        words.add(key("name"), "name", &bridge.name, WordRule::NetDevice);
+        if let Some(address) = &bridge.address {
+            words.add(
+                key("address"),
+                "address",
+                address,
+                WordRule::AddressWithPrefix,
+            );
+        }
+    }
+    if let Some(target) = &profile.target {
+        target_words(target, &mut words);
+    }
+    if let Some(initiator) = &profile.initiator {
+        initiator_words(initiator, &mut words);
+    }
+    if let Some(multipath) = &profile.multipath {
+        words.add("multipath.alias", "alias", &multipath.alias, WordRule::Name);
+        words.add("multipath.wwid", "wwid", &multipath.wwid, WordRule::Wwid);
+    }
+    words.0
+}
+
+fn target_words(target: &Target, words: &mut Words) {
+    words.add("target.iqn", "iqn", &target.iqn, WordRule::Iqn);
+    for (index, portal) in target.portals.iter().enumerate() {
+        words.add(
+            format!("target.portals[{index}]"),
+            "portals",
+            portal,
+            WordRule::Portal,
+        );
+    }
+    for (index, name) in target.allowed_initiators.iter().enumerate() {
+        let key = format!("target.allowed_initiators[{index}]");
+        words.add(key, "allowed_initiators", name, WordRule::Iqn);
+    }
+    for (index, address) in target.allowed_addresses.iter().enumerate() {
+        let key = format!("target.allowed_addresses[{index}]");
+        words.add(key, "allowed_addresses", address, WordRule::Address);
+    }
+}
+
+fn initiator_words(initiator: &Initiator, words: &mut Words) {
+    words.add("initiator.name", "name", &initiator.name, WordRule::Iqn);
+    words.add(
+        "initiator.target",
+        "target",
+        &initiator.target,
+        WordRule::Iqn,
+    );
+    for (index, portal) in initiator.portals.iter().enumerate() {
+        let key = format!("initiator.portals[{index}]");
+        words.add(key, "portals", portal, WordRule::Portal);
+    }
+    for (index, iface) in initiator.ifaces.iter().enumerate() {
+        let key = |field: &str| format!("initiator.ifaces[{index}].{field}");
+        words.add(key("name"), "name", &iface.name, WordRule::Name);
+        words.add(key("netdev"), "netdev", &iface.netdev, WordRule::NetDevice);
+    }
+}
+
+/// Checks every value of [`word_values`]; a refusal names the file and
+/// line where the value is written (see [`locate_value`]).
+fn validate_words(name: &str, profile: &Profile, files: &[PathBuf]) -> Result<(), ProfileError> {
+    for word in word_values(profile) {
+        let Some(message) = word.rule.refusal(&word.value) else {
+            continue;
+        };
+        return Err(match locate_value(files, word.leaf, &word.value) {
+            Some((path, line)) => ProfileError::Invalid {
+                path,
+                line,
+                column: 1,
+                key_note: format!("key `{}`: ", word.key),
+                message,
+            },
+            None => ProfileError::Value {
+                profile: name.into(),
+                key: word.key,
+                message,
+            },
+        });
+    }
     Ok(())
+}
+
+/// The file and 1-based line where string `value` of key `leaf` is
+/// written, the profile's own file first: a line with the value (as TOML
+/// writes it) and the key, or within an array; else the key's first line.
+fn locate_value(files: &[PathBuf], leaf: &str, value: &str) -> Option<(PathBuf, usize)> {
+    let written = toml::Value::String(value.to_string()).to_string();
+    let texts: Vec<(&PathBuf, String)> = files
+        .iter()
+        .filter_map(|path| Some((path, std::fs::read_to_string(path).ok()?)))
+        .collect();
+    let key_of = |line: &str| {
+        line.split_once('=')
+            .map(|(key, _)| key.trim().trim_matches('"').to_string())
+    };
+    let with_value = texts.iter().find_map(|(path, text)| {
+        let index = text.lines().position(|line| {
+            line.contains(&written)
+                && key_of(line).is_none_or(|key| key == leaf || line.contains(&format!("{leaf} =")))
+        })?;
+        Some(((*path).clone(), index + 1))
+    });
+    with_value.or_else(|| {
+        texts.iter().find_map(|(path, text)| {
+            let index = text
+                .lines()
+                .position(|line| key_of(line).is_some_and(|key| key == leaf))?;
+            Some(((*path).clone(), index + 1))
+        })
+    })
 }
 
 fn is_mac(text: &str) -> bool {
@@ -1183,7 +1504,7 @@ mod tests {
         write(
             dir.path(),
             "s",
-            "[packages]\ninclude = [\"tgt\"]\n[target]\niqn = \"iqn.x:t\"\nportals = [\"192.0.2.1:3260\"]\n[[target.luns]]\nlun = 1\nbacking_store = \"/dev/vdb\"\nscsi_id = \"IET00010001\"\nscsi_sn = \"s\"\n",
+            "[packages]\ninclude = [\"tgt\"]\n[target]\niqn = \"iqn.2001-04.com.example:t\"\nportals = [\"192.0.2.1:3260\"]\n[[target.luns]]\nlun = 1\nbacking_store = \"/dev/vdb\"\nscsi_id = \"IET00010001\"\nscsi_sn = \"s\"\n",
         );
         let error = load(dir.path(), "s").unwrap_err().to_string();
         assert!(error.contains("target.luns[0].scsi_id"), "{error}");
@@ -1275,6 +1596,167 @@ mod tests {
             "{error}"
         );
         assert!(error.contains("no service `nothere`"), "{error}");
+    }
+
+    /// Loads a profile of `body` then `PACKAGES` and returns its error.
+    fn refusal(body: &str) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "p", &format!("{body}{PACKAGES}"));
+        load(dir.path(), "p").unwrap_err().to_string()
+    }
+
+    fn assert_refused(body: &str, at: &str, says: &str) {
+        let error = refusal(body);
+        assert!(error.contains(at), "expected `{at}` in: {error}");
+        assert!(error.contains(says), "expected `{says}` in: {error}");
+    }
+
+    #[test]
+    fn a_hostname_with_whitespace_a_newline_or_shell_syntax_is_refused() {
+        let at = "p.toml:1:1: key `hostname`";
+        assert_refused("hostname = \"a b\"\n", at, "whitespace");
+        assert_refused("hostname = \"a\\nreboot\"\n", at, "a newline");
+        assert_refused("hostname = \"a;reboot\"\n", at, "metacharacter `;`");
+        assert_refused("hostname = \"$(reboot)\"\n", at, "metacharacter `$`");
+        assert_refused("hostname = \"-a\"\n", at, "not a host name");
+        assert_refused("hostname = \"a_b\"\n", at, "not a host name");
+    }
+
+    const INTERFACE: &str =
+        "[[network.interfaces]]\nmac = \"52:54:00:00:00:01\"\nnetwork = \"san-a\"\n";
+
+    #[test]
+    fn bad_interface_and_bridge_names_are_refused_at_their_line() {
+        assert_refused(
+            &format!("{INTERFACE}name = \"eth0;x\"\n"),
+            "p.toml:4:1: key `network.interfaces[0].name`",
+            "metacharacter `;`",
+        );
+        assert_refused(
+            &format!("{INTERFACE}name = \"averyveryverylongname\"\n"),
+            "p.toml:4:1: key `network.interfaces[0].name`",
+            "network device name",
+        );
+        assert_refused(
+            "[[network.bridges]]\nname = \"br 0\"\n",
+            "p.toml:2:1: key `network.bridges[0].name`",
+            "whitespace",
+        );
+        assert_refused(
+            &format!("{INTERFACE}name = \"eth0\"\naddress = \"192.0.2.1\"\n"),
+            "p.toml:5:1: key `network.interfaces[0].address`",
+            "ADDRESS/PREFIX",
+        );
+    }
+
+    const TARGET: &str = "[target]\nportals = [\"192.0.2.1:3260\"]\nluns = []\n";
+
+    #[test]
+    fn iqns_outside_rfc_3720_are_refused() {
+        let at = "p.toml:4:1: key `target.iqn`";
+        for bad in [
+            "iqn.2012-13.com.x:t",
+            "iqn.12-09.com.x",
+            "eui.0123",
+            "naa.xyz",
+            "target1",
+        ] {
+            assert_refused(
+                &format!("{TARGET}iqn = \"{bad}\"\n"),
+                at,
+                "not an iSCSI name",
+            );
+        }
+        assert_refused(
+            &format!("{TARGET}iqn = \"iqn.2012-09.com.x:a b\"\n"),
+            at,
+            "whitespace",
+        );
+        for good in [
+            "iqn.2012-09.com.ibm:neptune.target",
+            "iqn.2001-04.com.example",
+            "eui.02004567A425678D",
+            "naa.52004567BA64678D",
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            write(
+                dir.path(),
+                "p",
+                &format!("{TARGET}iqn = \"{good}\"\n{PACKAGES}"),
+            );
+            assert!(load(dir.path(), "p").is_ok(), "{good} refused");
+        }
+    }
+
+    #[test]
+    fn bad_portals_are_refused_at_their_line() {
+        assert_refused(
+            "[target]\niqn = \"iqn.2001-04.com.example\"\nluns = []\nportals = [\n  \"192.0.2.1:3260\",\n  \"192.0.2.2\",\n]\n",
+            "p.toml:6:1: key `target.portals[1]`",
+            "`192.0.2.2` is not ADDRESS:PORT",
+        );
+        assert_refused(
+            "[target]\niqn = \"iqn.2001-04.com.example\"\nluns = []\nportals = [\"192.0.2.1:3260;reboot\"]\n",
+            "p.toml:4:1: key `target.portals[0]`",
+            "metacharacter `;`",
+        );
+    }
+
+    #[test]
+    fn a_non_hex_wwid_and_a_bad_alias_are_refused() {
+        assert_refused(
+            "[multipath]\nalias = \"kvm\"\nwwid = \"36000g\"\n",
+            "p.toml:3:1: key `multipath.wwid`",
+            "not a WWID",
+        );
+        assert_refused(
+            "[multipath]\nalias = \"kvm`id`\"\nwwid = \"3600\"\n",
+            "p.toml:2:1: key `multipath.alias`",
+            "metacharacter `",
+        );
+        assert_refused(
+            "[multipath]\nalias = \"-kvm\"\nwwid = \"3600\"\n",
+            "p.toml:2:1: key `multipath.alias`",
+            "not a name",
+        );
+    }
+
+    #[test]
+    fn an_initiator_value_from_the_parent_is_refused_in_the_parent_file() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "base",
+            &format!(
+                "{PACKAGES}[initiator]\nname = \"iqn.2001-04.com.example:a\"\ntarget = \"iqn.2001-04.com.example:t\"\nportals = [\"192.0.2.1:3260\"]\nifaces = [{{ name = \"i0;x\", netdev = \"eth0\" }}]\n"
+            ),
+        );
+        write(dir.path(), "p", "extends = \"base\"\nhostname = \"h\"\n");
+        let error = load(dir.path(), "p").unwrap_err().to_string();
+        assert!(
+            error.contains("base.toml:7:1: key `initiator.ifaces[0].name`"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_bad_profile_name_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "p", "extends = \"a;b\"\n");
+        let error = load(dir.path(), "p").unwrap_err().to_string();
+        assert!(error.contains("p.toml:1:1: key `extends`"), "{error}");
+        let error = load(dir.path(), "a b").unwrap_err().to_string();
+        assert!(
+            error.contains("(profile name)") && error.contains("whitespace"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn shipped_profiles_pass_value_checks() {
+        for name in list(&project_profiles()).unwrap() {
+            load(&project_profiles(), &name).unwrap();
+        }
     }
 
     #[test]

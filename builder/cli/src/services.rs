@@ -15,6 +15,11 @@ use applbuild_rootfs::templates::{Renderer, TemplateError};
 /// The first word of the line the image's init prints once every service is ready.
 pub const READY_MARKER: &str = "APPLBUILD-READY";
 
+/// The first word of the console line `APPLBUILD-FAILED NAME: REASON` that
+/// the image's `supervise` prints when a service fails to start (a probe
+/// that gave up, a oneshot that failed, a dependency that never came).
+pub const FAILED_MARKER: &str = "APPLBUILD-FAILED";
+
 /// The folder where a service's marker file appears while it is ready.
 pub const READY_DIR: &str = "/run/applbuild/ready";
 
@@ -313,5 +318,202 @@ mod tests {
         }
         // rcS and services for each profile, iscsi-sessions for the hypervisor.
         assert!(checked >= 7, "only {checked} rendered scripts found");
+    }
+
+    /// A temporary root for running the real `supervise` under `dash`: a
+    /// service table, the services' shell functions and a console file.
+    struct SuperviseRoot {
+        dir: tempfile::TempDir,
+    }
+
+    impl SuperviseRoot {
+        /// `services` are `(id, kind, after, probe, command)`.
+        fn new(services: &[(&str, &str, &str, &str, &str)]) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let ready = dir.path().join("ready");
+            let mut table = format!("ready-dir {}\nready-line x\n", ready.display());
+            let mut functions = String::new();
+            for (id, kind, after, probe, command) in services {
+                table.push_str(&format!("service {id} {kind} {after} {id} {probe}\n"));
+                functions.push_str(&format!(
+                    "svc_{id}_command() {{\n{command}\n}}\nsvc_{id}_post_start() {{\ntrue\n}}\n"
+                ));
+            }
+            std::fs::write(dir.path().join("table"), table).unwrap();
+            std::fs::write(dir.path().join("functions"), functions).unwrap();
+            std::fs::write(dir.path().join("console"), "").unwrap();
+            Self { dir }
+        }
+
+        fn ready_dir(&self) -> PathBuf {
+            self.dir.path().join("ready")
+        }
+
+        /// Starts `supervise ID` with one-second timeouts and backoff.
+        fn start(&self, id: &str) -> std::process::Child {
+            let script = project().join("rootfs-overlay/common/usr/lib/applbuild/supervise");
+            Command::new("dash")
+                .arg(script)
+                .arg(id)
+                .env("APPLBUILD_PATH", std::env::var("PATH").unwrap())
+                .env("APPLBUILD_SERVICES", self.dir.path().join("table"))
+                .env("APPLBUILD_FUNCTIONS", self.dir.path().join("functions"))
+                .env("APPLBUILD_CONSOLE", self.dir.path().join("console"))
+                .env("APPLBUILD_READY_TIMEOUT", "1")
+                .env("APPLBUILD_AFTER_TIMEOUT", "1")
+                .env("APPLBUILD_BACKOFF_LIMIT", "1")
+                .spawn()
+                .expect("dash runs (scripts/host-setup installs it)")
+        }
+
+        /// The console once a line starting with `prefix` is on it (the
+        /// test fails after 15 s without one).
+        fn console_after(&self, prefix: &str) -> String {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+            loop {
+                let text = std::fs::read_to_string(self.dir.path().join("console")).unwrap();
+                if text.lines().any(|line| line.starts_with(prefix)) {
+                    return text;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no line `{prefix}` on the console:\n{text}"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+
+        /// Runs `supervise ID` to its end and returns the console.
+        fn run(&self, id: &str) -> String {
+            let status = self.start(id).wait().unwrap();
+            assert!(status.success(), "supervise {id}: {status}");
+            std::fs::read_to_string(self.dir.path().join("console")).unwrap()
+        }
+    }
+
+    fn failed_lines(console: &str) -> Vec<&str> {
+        console
+            .lines()
+            .filter(|line| line.starts_with(FAILED_MARKER))
+            .collect()
+    }
+
+    #[test]
+    fn supervise_marks_a_daemon_ready_once_its_probe_passes() {
+        let root = SuperviseRoot::new(&[("d", "daemon", "-", "true", "sleep 1")]);
+        let mut child = root.start("d");
+        let console = root.console_after("applbuild: [");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !root.ready_dir().join("d").exists() {
+            assert!(std::time::Instant::now() < deadline, "{console}");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert!(child.wait().unwrap().success());
+        let console = std::fs::read_to_string(root.dir.path().join("console")).unwrap();
+        assert!(failed_lines(&console).is_empty(), "{console}");
+        assert!(console.contains("d: ready"), "{console}");
+    }
+
+    #[test]
+    fn supervise_says_a_probe_gave_up_and_does_not_mark_ready() {
+        let root = SuperviseRoot::new(&[("slow", "daemon", "-", "false", "sleep 30")]);
+        let console = root.run("slow");
+        assert_eq!(
+            failed_lines(&console),
+            ["APPLBUILD-FAILED slow: not ready after 1 s (probe: false)"],
+            "{console}"
+        );
+        assert!(!root.ready_dir().join("slow").exists());
+        assert!(root.ready_dir().join("slow.failed").exists());
+        assert!(console.contains("slow: restarting in 1 s"), "{console}");
+    }
+
+    #[test]
+    fn supervise_says_a_daemon_died_before_it_was_ready() {
+        let root = SuperviseRoot::new(&[("dies", "daemon", "-", "false", "return 7")]);
+        let console = root.run("dies");
+        assert_eq!(
+            failed_lines(&console),
+            ["APPLBUILD-FAILED dies: exited with status 7 before it was ready"],
+            "{console}"
+        );
+    }
+
+    #[test]
+    fn supervise_says_a_post_start_step_failed() {
+        let root = SuperviseRoot::new(&[("p", "daemon", "-", "true", "sleep 30")]);
+        let functions = root.dir.path().join("functions");
+        let mut text = std::fs::read_to_string(&functions).unwrap();
+        text.push_str("svc_p_post_start() {\nfalse\n}\n");
+        std::fs::write(&functions, text).unwrap();
+        let console = root.run("p");
+        assert_eq!(
+            failed_lines(&console),
+            ["APPLBUILD-FAILED p: a post-start step failed"],
+            "{console}"
+        );
+        assert!(!root.ready_dir().join("p").exists());
+    }
+
+    #[test]
+    fn supervise_backs_off_longer_after_each_failed_start() {
+        let root = SuperviseRoot::new(&[("dies", "daemon", "-", "false", "false")]);
+        std::fs::create_dir_all(root.ready_dir()).unwrap();
+        std::fs::write(root.ready_dir().join("dies.restarts"), "3\n").unwrap();
+        // With a limit of 1 s the delay stays 1 s; the count still grows.
+        let console = root.run("dies");
+        assert!(console.contains("dies: restarting in 1 s"), "{console}");
+        let restarts = std::fs::read_to_string(root.ready_dir().join("dies.restarts")).unwrap();
+        assert_eq!(restarts.trim(), "4", "{console}");
+    }
+
+    #[test]
+    fn supervise_says_a_oneshot_failed() {
+        let root = SuperviseRoot::new(&[("job", "oneshot", "-", "true", "sh -c 'exit 3'")]);
+        let console = root.run("job");
+        assert_eq!(
+            failed_lines(&console),
+            ["APPLBUILD-FAILED job: exited with status 3"],
+            "{console}"
+        );
+        assert!(!root.ready_dir().join("job").exists());
+    }
+
+    #[test]
+    fn supervise_says_a_dependency_never_came() {
+        let root = SuperviseRoot::new(&[
+            ("first", "daemon", "-", "false", "sleep 30"),
+            ("second", "oneshot", "first", "true", "true"),
+        ]);
+        let mut child = root.start("second");
+        let console = root.console_after(FAILED_MARKER);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(
+            failed_lines(&console),
+            ["APPLBUILD-FAILED second: first, which it comes after, is not ready after 1 s"],
+            "{console}"
+        );
+        assert!(!console.contains("second: starting"), "{console}");
+    }
+
+    #[test]
+    fn supervise_says_a_dependency_failed_and_starts_once_it_recovers() {
+        let root = SuperviseRoot::new(&[
+            ("first", "daemon", "-", "false", "sleep 30"),
+            ("second", "oneshot", "first", "true", "true"),
+        ]);
+        std::fs::create_dir_all(root.ready_dir()).unwrap();
+        std::fs::write(root.ready_dir().join("first.failed"), "").unwrap();
+        let mut child = root.start("second");
+        let console = root.console_after(FAILED_MARKER);
+        assert_eq!(
+            failed_lines(&console),
+            ["APPLBUILD-FAILED second: first, which it comes after, failed"],
+            "{console}"
+        );
+        std::fs::write(root.ready_dir().join("first"), "").unwrap();
+        assert!(child.wait().unwrap().success());
+        assert!(root.ready_dir().join("second").exists());
     }
 }

@@ -1,6 +1,8 @@
 //! Renders minijinja templates (overlay `*.j2` files, service commands,
 //! health checks) with the profile as context. Undefined values are errors,
 //! so a typo in a template fails the build instead of rendering empty text.
+//! The filter `sh` quotes a value for a POSIX shell: every value that
+//! reaches a shell goes through it.
 
 use minijinja::{Environment, UndefinedBehavior};
 use serde::Serialize;
@@ -35,6 +37,7 @@ impl Renderer {
         let mut environment = Environment::new();
         environment.set_undefined_behavior(UndefinedBehavior::Strict);
         environment.set_keep_trailing_newline(true);
+        environment.add_filter("sh", shell_quote);
         environment
             .add_template(name, source)
             .and_then(|()| environment.get_template(name)?.render(&self.context))
@@ -46,6 +49,21 @@ impl Renderer {
                     .unwrap_or_default(),
                 message: describe(&error, source),
             })
+    }
+}
+
+/// `value` as one word of a POSIX shell: unchanged when it has only
+/// characters no shell treats specially, else in single quotes (a single
+/// quote inside written `'\''`).
+pub fn shell_quote(value: &str) -> String {
+    let plain = !value.is_empty()
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:,=+@%".contains(c));
+    if plain {
+        value.to_string()
+    } else {
+        format!("'{}'", value.replace('\'', "'\\''"))
     }
 }
 
@@ -96,6 +114,35 @@ mod tests {
         assert_eq!(error.line, ":2");
         assert!(error.to_string().contains("undefined"), "{error}");
         assert!(error.message.ends_with(" in `{{ target.iqn }}`"), "{error}");
+    }
+
+    #[test]
+    fn sh_filter_leaves_plain_words_and_quotes_the_rest() {
+        assert_eq!(
+            shell_quote("iqn.2024-01.example:lun-1"),
+            "iqn.2024-01.example:lun-1"
+        );
+        assert_eq!(shell_quote("192.0.2.1:3260"), "192.0.2.1:3260");
+        assert_eq!(shell_quote(""), "''");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("x; reboot"), "'x; reboot'");
+        assert_eq!(shell_quote("$(id)"), "'$(id)'");
+        assert_eq!(shell_quote("a\nb"), "'a\nb'");
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+    }
+
+    #[test]
+    fn sh_filter_output_is_one_word_to_a_real_shell() {
+        let nasty = "a b;$(touch x)`id`'\"\n*";
+        let renderer = Renderer::new(&json!({"value": nasty}));
+        let script = renderer.render("t", "printf %s {{ value | sh }}").unwrap();
+        let output = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .current_dir(tempfile::tempdir().unwrap().path())
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        assert_eq!(String::from_utf8(output.stdout).unwrap(), nasty);
     }
 
     #[test]
