@@ -14,6 +14,7 @@ use applbuild_vm::machine::{QemuError, RunningVm};
 use applbuild_vm::qemu::{Accel, AccelChoice, Disk, DiskCache, NetBackend, Nic, VmSpec};
 use applbuild_vm::qga::{ExecOutput, QgaClient, QgaError};
 
+use crate::services::FAILED_MARKER;
 pub use crate::services::READY_MARKER;
 
 /// The `--accel` option of `applbuild boot` and `applbuild-test`.
@@ -50,6 +51,17 @@ pub enum BootError {
         path: PathBuf,
         /// Why.
         source: std::io::Error,
+    },
+    /// A service of the image failed to start (its `APPLBUILD-FAILED` line
+    /// came before the ready line).
+    #[error("{profile}: {line}; serial log: {log}")]
+    ServiceFailed {
+        /// Profile.
+        profile: String,
+        /// The image's `APPLBUILD-FAILED <service>: <reason>` line.
+        line: String,
+        /// The serial log.
+        log: PathBuf,
     },
     /// The guest never printed its ready line.
     #[error("{profile}: no `{READY_MARKER}` line within {waited:?}; serial log: {log}{detail}")]
@@ -197,7 +209,15 @@ pub fn check(
     let qga_socket = spec.qga_socket.clone().expect("agent enabled");
     let serial_log = run_dir.join("serial.log");
     let mut vm = RunningVm::start(spec, &serial_log)?;
-    let Some(ready_line) = vm.wait_for_line(READY_MARKER, ready_timeout) else {
+    let first = vm.wait_for_any_line(&[READY_MARKER, FAILED_MARKER], ready_timeout);
+    if let Some(failed) = first.as_ref().filter(|line| line.contains(FAILED_MARKER)) {
+        return Err(BootError::ServiceFailed {
+            profile: loaded.name.clone(),
+            line: failed.trim().to_owned(),
+            log: serial_log,
+        });
+    }
+    let Some(ready_line) = first else {
         return Err(BootError::NotReady {
             profile: loaded.name.clone(),
             waited: ready_timeout,

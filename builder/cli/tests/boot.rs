@@ -95,3 +95,58 @@ fn hypervisor_image_boots_with_daemons_bridge_and_bound_ifaces() {
     assert!(names.iter().any(|name| name.contains("br0")), "{names:?}");
     assert!(names.iter().any(|name| name.contains("bound")), "{names:?}");
 }
+
+/// Copies the project's profiles, overlay and lock file into a temporary
+/// project, adding `profiles/<name>.toml` with `text`.
+fn project_with_profile(name: &str, text: &str) -> tempfile::TempDir {
+    let project = tempfile::tempdir().unwrap();
+    for dir in ["profiles", "rootfs-overlay"] {
+        let status = Command::new("cp")
+            .arg("-r")
+            .arg(workspace().join(dir))
+            .arg(project.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "copying {dir}");
+    }
+    std::fs::copy(
+        workspace().join("applbuild.lock"),
+        project.path().join("applbuild.lock"),
+    )
+    .unwrap();
+    std::fs::write(project.path().join(format!("profiles/{name}.toml")), text).unwrap();
+    project
+}
+
+#[test]
+fn a_service_that_fails_ends_the_boot_check_with_its_failure_line() {
+    if !qemu_present() {
+        return;
+    }
+    let project = project_with_profile(
+        "doomed",
+        "extends = \"storage\"\n\n[services.doomed]\nkind = \"oneshot\"\ncommand = \"exit 4\"\n",
+    );
+    let started = std::time::Instant::now();
+    let output = Command::cargo_bin("applbuild")
+        .unwrap()
+        .arg("--project")
+        .arg(project.path())
+        .args(["boot", "doomed", "--check", "--out"])
+        .arg(project.path().join("out"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "boot --check passed:\n{stderr}");
+    assert!(
+        stderr.contains("APPLBUILD-FAILED doomed: exited with status 4"),
+        "{stderr}"
+    );
+    // The check stops at the failure line instead of waiting out the
+    // ready timeout (minutes under TCG).
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(150),
+        "took {:?}",
+        started.elapsed()
+    );
+}

@@ -80,9 +80,15 @@ impl Console {
 
     /// Waits for a line containing `needle`; returns that line.
     pub async fn wait_for_line(&self, needle: &str, timeout: Duration) -> Option<String> {
+        self.wait_for_any_line(&[needle], timeout).await
+    }
+
+    /// Waits for the first line that contains any of `needles` (a ready
+    /// line or a failure line, whichever comes first); returns that line.
+    pub async fn wait_for_any_line(&self, needles: &[&str], timeout: Duration) -> Option<String> {
         self.wait_for(timeout, |text| {
             text.lines()
-                .find(|line| line.contains(needle))
+                .find(|line| needles.iter().any(|needle| line.contains(needle)))
                 .map(String::from)
         })
         .await

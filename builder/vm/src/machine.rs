@@ -104,6 +104,12 @@ impl RunningVm {
         block_on(self.console.wait_for_line(needle, timeout))
     }
 
+    /// Waits until a console line contains any of `needles`; returns the
+    /// first such line, or `None` if the deadline passed or QEMU exited first.
+    pub fn wait_for_any_line(&self, needles: &[&str], timeout: Duration) -> Option<String> {
+        block_on(self.console.wait_for_any_line(needles, timeout))
+    }
+
     /// Whether the QEMU process has ended.
     pub fn has_exited(&mut self) -> bool {
         let _runtime = runtime().enter();
