@@ -8,3 +8,4 @@ pub mod boot;
 pub mod lockfile;
 pub mod pipeline;
 pub mod profile;
+pub mod update;

@@ -78,6 +78,10 @@ pub struct PackageRecord {
     pub section: Option<String>,
     /// `Installed-Size` in KiB; 0 when the index omits it.
     pub installed_size: u64,
+    /// The suite whose index listed this record (e.g. `bookworm-security`);
+    /// empty until [`PackageIndex::set_suite`] names it.
+    #[serde(default)]
+    pub suite: String,
 }
 
 impl PackageRecord {
@@ -176,6 +180,7 @@ impl PackageRecord {
             priority: stanza.get("Priority").map(str::to_owned),
             section: stanza.get("Section").map(str::to_owned),
             installed_size,
+            suite: String::new(),
         })
     }
 }
@@ -225,6 +230,14 @@ impl PackageIndex {
             self.insert(record);
         }
         self.sort();
+    }
+
+    /// Records `suite` as the origin of every package of this index, before
+    /// it is merged with other suites' indexes.
+    pub fn set_suite(&mut self, suite: &str) {
+        for record in self.packages.values_mut().flatten() {
+            record.suite = suite.to_owned();
+        }
     }
 
     /// Every version of `name`, highest first; empty when unknown.
