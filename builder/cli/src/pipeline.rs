@@ -897,6 +897,10 @@ fn unpack(
                 "applbuild: cannot cache the unpacked files of {}: {reason}",
                 record.name
             ),
+            CacheStatus::Rebuilt(reason) => eprintln!(
+                "applbuild: discarded the cached unpacked files of {} and unpacked the .deb again: {reason}",
+                record.name
+            ),
         }
         tree.insert_package(&record.name, entries, &filter)?;
     }
@@ -962,6 +966,12 @@ fn write_artifacts(
         &staging.path().join("initrd.img"),
         &options.reporter,
     )?;
+    for segment in initrd.segments.iter().filter(|s| s.discarded_corrupt) {
+        eprintln!(
+            "applbuild: cached initramfs segment {} ({}) failed its SHA256 check; discarded and compressed again",
+            segment.name, segment.key
+        );
+    }
     let kernel_path = staging.path().join("vmlinuz");
     std::fs::write(&kernel_path, &assembled.kernel).map_err(output_error(&kernel_path))?;
     seconds.compress = started.elapsed().as_secs_f64();

@@ -292,3 +292,50 @@ fn sha256_of(path: &Path) -> String {
     use sha2::{Digest, Sha256};
     hex::encode(Sha256::digest(fs::read(path).unwrap()))
 }
+
+/// Overwrites eight bytes in the middle of `path`.
+fn corrupt(path: &Path) {
+    let mut data = fs::read(path).unwrap();
+    let middle = data.len() / 2;
+    data[middle..middle + 8].copy_from_slice(b"XXXXXXXX");
+    fs::write(path, data).unwrap();
+}
+
+/// The cache files of `folder` whose names end with `suffix`.
+fn cache_files(fixture: &Fixture, folder: &str, suffix: &str) -> Vec<PathBuf> {
+    fs::read_dir(fixture.path("cache").join(folder))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.to_string_lossy().ends_with(suffix))
+        .collect()
+}
+
+#[test]
+fn corrupt_unpacked_copies_and_segments_are_discarded_and_rebuilt() {
+    let fixture = Fixture::new();
+    fixture.run("build", &[]).success();
+    let initrd = fs::read(fixture.path("out/tiny/initrd.img")).unwrap();
+    for path in cache_files(&fixture, "unpacked", ".tar.zst") {
+        corrupt(&path);
+    }
+    for path in cache_files(&fixture, "segments", ".cpio.zst") {
+        corrupt(&path);
+    }
+    fixture
+        .run("build", &[])
+        .success()
+        .stderr(predicate::str::contains(
+            "discarded the cached unpacked files of busybox",
+        ))
+        .stderr(predicate::str::contains(
+            "failed its SHA256 check; discarded",
+        ));
+    assert_eq!(
+        fs::read(fixture.path("out/tiny/initrd.img")).unwrap(),
+        initrd
+    );
+    fixture
+        .run("build", &[])
+        .success()
+        .stderr(predicate::str::contains("discarded").not());
+}
