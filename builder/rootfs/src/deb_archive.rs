@@ -127,7 +127,7 @@ pub enum DebError {
     },
     /// The cached unpacked copy is unreadable; it has been deleted so the
     /// next build recreates it from the `.deb`.
-    #[error("unpacked cache {path} is corrupt and was removed (rerun the build): {source}")]
+    #[error("unpacked cache {path} is corrupt and was removed: {source}")]
     CorruptCache {
         /// The cache file.
         path: PathBuf,
@@ -356,7 +356,14 @@ where
     }
     let dir = cache_root.join("unpacked");
     let cached = dir.join(format!("{}.tar.zst", sha256.to_ascii_lowercase()));
-    match File::open(&cached) {
+    // A copy without its recorded SHA256 (written by an older applbuild)
+    // is not trusted: it is unpacked from the `.deb` again and replaced.
+    let opened = if digest_path(&cached).is_file() {
+        File::open(&cached)
+    } else {
+        Err(io::ErrorKind::NotFound.into())
+    };
+    match opened {
         Ok(file) => {
             read_cached(&cached, file, &mut f)?;
             return Ok(CacheStatus::Hit);
