@@ -130,7 +130,6 @@ impl PackageRecord {
             Some(value) => parse_relations(value).map_err(|e| invalid(field, value, e.to_string())),
             None => Ok(Vec::new()),
         };
-
         let version_text = required("Version")?;
         let version = version_text
             .parse()
