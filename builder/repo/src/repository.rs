@@ -32,6 +32,9 @@ const PARALLEL_DOWNLOADS: usize = 8;
 /// Compressed forms of a `Packages` index, in order of preference (smallest first).
 const INDEX_COMPRESSIONS: [&str; 3] = [".xz", ".gz", ""];
 
+/// The largest InRelease accepted (Debian's main one is about 150 KB).
+const INRELEASE_LIMIT: u64 = 4 << 20;
+
 /// Where packages come from and how to trust them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RepositoryConfig {
@@ -324,7 +327,7 @@ impl Repository {
         } else {
             let task = progress.spinner("InRelease");
             task.set_message(url.clone());
-            let data = self.transport.fetch_bytes(&url, &task)?;
+            let data = self.transport.fetch_bytes(&url, &task, INRELEASE_LIMIT)?;
             task.finish();
             data
         };
@@ -500,7 +503,7 @@ impl Repository {
     ) -> Result<PathBuf, RepositoryError> {
         cache
             .insert_verified(&entry.sha256, entry.size, |file| {
-                self.transport.fetch(url, file, task).map(drop)
+                self.transport.fetch(url, file, task, entry.size).map(drop)
             })
             .map_err(|error| match error {
                 InsertError::Fill(error) => RepositoryError::Transport(error),
@@ -588,7 +591,9 @@ impl Repository {
         let url = format!("{}/{}", self.mirror, package.filename);
         cache
             .insert_verified(&package.sha256, package.size, |file| {
-                self.transport.fetch(&url, file, task).map(drop)
+                self.transport
+                    .fetch(&url, file, task, package.size)
+                    .map(drop)
             })
             .map_err(|error| PackageFailure {
                 package: package.name.clone(),
