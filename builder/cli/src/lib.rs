@@ -10,3 +10,4 @@ pub mod pipeline;
 pub mod profile;
 pub mod sbom;
 pub mod services;
+pub mod update;

@@ -87,6 +87,8 @@ struct PackageDocument {
     name: String,
     version: DebVersion,
     sha256: String,
+    #[serde(default)]
+    suite: String,
 }
 
 impl Lockfile {
@@ -143,6 +145,7 @@ impl Lockfile {
                 let locked = LockedPackage {
                     version: entry.version,
                     sha256: entry.sha256,
+                    suite: entry.suite,
                 };
                 if packages.insert(entry.name.clone(), locked).is_some() {
                     return Err(invalid(format!("package {} is listed twice", entry.name)));
@@ -158,6 +161,11 @@ impl Lockfile {
         self.profiles.get(name).cloned()
     }
 
+    /// The names of the profiles locked, sorted.
+    pub fn profile_names(&self) -> Vec<String> {
+        self.profiles.keys().cloned().collect()
+    }
+
     /// Replaces the lock of `profile` with the resolved `packages`.
     pub fn set_profile(&mut self, name: &str, packages: &[PackageRecord]) {
         let locked = packages
@@ -168,6 +176,7 @@ impl Lockfile {
                     LockedPackage {
                         version: record.version.clone(),
                         sha256: record.sha256.clone(),
+                        suite: record.suite.clone(),
                     },
                 )
             })
@@ -183,9 +192,14 @@ impl Lockfile {
             // Writing to a String cannot fail.
             let _ = write!(out, "\n[profile.{}]\npackages = [\n", toml_key(profile));
             for (name, locked) in packages {
+                let suite = if locked.suite.is_empty() {
+                    String::new()
+                } else {
+                    format!(", suite = {}", toml_string(&locked.suite))
+                };
                 let _ = writeln!(
                     out,
-                    "  {{ name = {}, version = {}, sha256 = {} }},",
+                    "  {{ name = {}, version = {}, sha256 = {}{suite} }},",
                     toml_string(name),
                     toml_string(&locked.version.to_string()),
                     toml_string(&locked.sha256)

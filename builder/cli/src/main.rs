@@ -42,6 +42,25 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Re-resolve profiles against the mirrors and rewrite applbuild.lock.
+    ///
+    /// Like `cargo update`: the lock is ignored, every package takes the
+    /// highest version any suite offers (bookworm, bookworm-updates,
+    /// bookworm-security...), as apt would, and each change is printed as
+    /// `package old -> new (suite)`. Build afterwards to use the new versions.
+    Update {
+        /// Profiles to update [default: those in applbuild.lock, else every profile].
+        #[arg(value_name = "PROFILE")]
+        profiles: Vec<String>,
+        /// Print what would change; leave applbuild.lock as it is.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        build: BuildArgs,
+        /// Print the changes as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Build images: out/<profile>/{vmlinuz,initrd.img,manifest.json,SHA256SUMS}.
     ///
     /// A profile with an [image.disk] table also gets disk.img, a GPT disk
@@ -157,6 +176,67 @@ struct BuildArgs {
     /// Use only the cache: no network.
     #[arg(long)]
     offline: bool,
+    /// Mirror URL of one suite, winning over --mirror and the profile
+    /// (repeatable), e.g. `--suite-mirror bookworm-security=URL`.
+    #[arg(long, value_name = "SUITE=URL", value_parser = suite_setting)]
+    suite_mirror: Vec<(String, String)>,
+    /// Refuse a suite whose InRelease is older than AGE (`<n>d` or `<n>h`;
+    /// repeatable), winning over the profile's `max_index_age`.
+    #[arg(long, value_name = "SUITE=AGE", value_parser = suite_setting)]
+    max_index_age: Vec<(String, String)>,
+}
+
+/// Splits `SUITE=VALUE`.
+fn suite_setting(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .filter(|(suite, value)| !suite.is_empty() && !value.is_empty())
+        .map(|(suite, value)| (suite.to_string(), value.to_string()))
+        .ok_or_else(|| format!("expected SUITE=VALUE, got {text:?}"))
+}
+
+/// The per-suite settings given on the command line.
+fn suite_overrides(args: &BuildArgs) -> pipeline::SuiteOverrides {
+    pipeline::SuiteOverrides {
+        mirrors: args.suite_mirror.iter().cloned().collect(),
+        max_index_age: args.max_index_age.iter().cloned().collect(),
+    }
+}
+
+/// `applbuild update`: re-resolves each profile and prints the changes.
+fn run_update(
+    project: &Project,
+    profiles: &[String],
+    args: &BuildArgs,
+    dry_run: bool,
+    json: bool,
+) -> Result<ExitCode> {
+    let locked = applbuild::lockfile::Lockfile::load(&project.lockfile())?;
+    let names = if !profiles.is_empty() {
+        profiles.to_vec()
+    } else if let Some(lock) = locked.filter(|lock| !lock.profile_names().is_empty()) {
+        lock.profile_names()
+    } else {
+        profile::list(&project.profiles_dir())?
+    };
+    let options = build_options(project, args, json);
+    let overrides = suite_overrides(args);
+    let mut reports = Vec::new();
+    for name in &names {
+        let report = applbuild::update::update(project, name, &options, &overrides, dry_run)
+            .with_context(|| format!("updating profile `{name}`"))?;
+        if !json {
+            let verb = if dry_run { "would change" } else { "changed" };
+            println!("{name}: {} package(s) {verb}", report.changes.len());
+            for change in &report.changes {
+                println!("  {change}");
+            }
+        }
+        reports.push(report);
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
@@ -183,6 +263,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             build,
             json,
         } => build_profiles(&project, &profiles, &build, json),
+        Command::Update {
+            profiles,
+            dry_run,
+            build,
+            json,
+        } => run_update(&project, &profiles, &build, dry_run, json),
         Command::List { json } => list_profiles(&project, json),
         Command::Show {
             profile,
@@ -228,9 +314,10 @@ fn build_profiles(
     json: bool,
 ) -> Result<ExitCode> {
     let options = build_options(project, build, json);
+    let overrides = suite_overrides(build);
     let mut reports = Vec::new();
     for name in profiles {
-        let report = pipeline::build(project, name, &options)
+        let report = pipeline::build_with_suites(project, name, &options, &overrides)
             .with_context(|| format!("building profile `{name}`"))?;
         if !json {
             print_build(&report);
@@ -501,6 +588,24 @@ fn print_build(report: &BuildReport) {
     }
     for change in &report.lock_changes {
         println!("  lock: {change}");
+    }
+    if !report.newer_versions.is_empty() {
+        let security: Vec<String> = report
+            .newer_versions
+            .iter()
+            .filter(|newer| newer.suite.ends_with("-security"))
+            .map(|newer| format!("{} {} -> {}", newer.name, newer.current, newer.newest))
+            .collect();
+        println!(
+            "  {} locked package(s) have newer versions ({} from a security suite{}); run `applbuild update`",
+            report.newer_versions.len(),
+            security.len(),
+            if security.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", security.join(", "))
+            }
+        );
     }
 }
 

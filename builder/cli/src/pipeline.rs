@@ -22,7 +22,7 @@ use crate::lockfile::Lockfile;
 use crate::profile::{self, LoadedProfile};
 use crate::sbom;
 use crate::services;
-use applbuild_deb::package_index::PackageRecord;
+use applbuild_deb::package_index::{PackageIndex, PackageRecord};
 use applbuild_deb::resolver::{self, ResolveRequest};
 use applbuild_fs::write_atomic;
 use applbuild_image::disk_image::{self, PartitionContent, PartitionSource};
@@ -65,6 +65,29 @@ pub enum BuildError {
     /// The lock file is unreadable or unwritable.
     #[error(transparent)]
     Lockfile(#[from] crate::lockfile::LockfileError),
+    /// The archive serves a locked version with other bytes: never a
+    /// legitimate update, since Debian never reuses a version.
+    #[error(
+        "{name} {version}: the archive's .deb has SHA256 {archive_sha256}, but {LOCKFILE} locks SHA256 {locked_sha256} for the same version (a tampered mirror or cache?)"
+    )]
+    LockedHashChanged {
+        /// Package.
+        name: String,
+        /// The version, the same in the lock and the archive.
+        version: String,
+        /// The hash in the lock file.
+        locked_sha256: String,
+        /// The hash the archive's index gives.
+        archive_sha256: String,
+    },
+    /// A profile's `max_index_age` is not `<number>d` or `<number>h`.
+    #[error("suite {suite}: max_index_age {value:?} is not <number>d or <number>h")]
+    BadIndexAge {
+        /// The suite.
+        suite: String,
+        /// The value as written.
+        value: String,
+    },
     /// `--locked` and the resolution differs from the lock file.
     #[error("{LOCKFILE} is out of date for profile `{profile}` and --locked was given:\n  {}", changes.join("\n  "))]
     LockMismatch {
@@ -192,6 +215,25 @@ pub struct BuildOptions {
     pub apt_root: PathBuf,
 }
 
+/// Command-line settings of single suites (`--suite-mirror`,
+/// `--max-index-age`), which win over the profile's.
+#[derive(Debug, Clone, Default)]
+pub struct SuiteOverrides {
+    /// Mirror URL per suite name.
+    pub mirrors: BTreeMap<String, String>,
+    /// `max_index_age` per suite name, as `<number>d` or `<number>h`.
+    pub max_index_age: BTreeMap<String, String>,
+}
+
+/// Whether resolving follows the lock file or ignores it (`applbuild update`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockUse {
+    /// Keep locked versions while they exist and fit.
+    Follow,
+    /// Take the highest version of every package, as apt does.
+    Ignore,
+}
+
 /// Seconds spent in each step.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct StepSeconds {
@@ -244,6 +286,9 @@ pub struct BuildReport {
     pub seconds: StepSeconds,
     /// How the package set differs from the lock file.
     pub lock_changes: Vec<String>,
+    /// Locked packages of which the mirrors have a newer version
+    /// (`applbuild update` moves them forward).
+    pub newer_versions: Vec<resolver::NewerVersion>,
     /// Whether the output was already up to date (nothing rewritten).
     pub unchanged: bool,
     /// How many packages' files came from the unpack cache instead of
@@ -271,14 +316,16 @@ pub struct ResolvedSet {
 
 /// Stage 1 of a build: the package set, the lock file as it was read (once,
 /// here), and the repository and cache the packages come from.
-struct Resolved {
-    records: Vec<PackageRecord>,
+pub(crate) struct Resolved {
+    pub(crate) records: Vec<PackageRecord>,
     lock_changes: Vec<String>,
+    pub(crate) newer_versions: Vec<resolver::NewerVersion>,
     /// `applbuild.lock` as read before resolving; `None` when there is none.
-    lock: Option<Lockfile>,
-    repository: Repository,
+    pub(crate) lock: Option<Lockfile>,
+    /// One per suite, in priority order.
+    repositories: Vec<Repository>,
     cache: Cache,
-    mirror_source: String,
+    pub(crate) mirror_source: String,
 }
 
 /// Resolves a profile's package set without building.
@@ -288,7 +335,14 @@ pub fn resolve(
     options: &BuildOptions,
 ) -> Result<ResolvedSet, BuildError> {
     let mut seconds = StepSeconds::default();
-    let resolved = resolve_packages(project, loaded, options, &mut seconds)?;
+    let resolved = resolve_packages(
+        project,
+        loaded,
+        options,
+        &SuiteOverrides::default(),
+        LockUse::Follow,
+        &mut seconds,
+    )?;
     Ok(ResolvedSet {
         installed_kib: resolved
             .records
@@ -306,6 +360,7 @@ fn manifest_package(record: &PackageRecord) -> ManifestPackage {
         name: record.name.clone(),
         version: record.version.to_string(),
         sha256: record.sha256.clone(),
+        suite: record.suite.clone(),
     }
 }
 
@@ -318,53 +373,104 @@ fn package_roots(loaded: &LoadedProfile) -> Vec<String> {
     roots
 }
 
-/// The mirror URL and where it came from: `--mirror`, the profile, or the
-/// host's apt sources.
+/// The mirror URL of `suite` and where it came from: `--suite-mirror`,
+/// `--mirror`, the suite's or the distribution's `mirror` in the profile,
+/// or the host's apt sources.
 fn choose_mirror(
     loaded: &LoadedProfile,
+    suite: &profile::SuiteSource,
     options: &BuildOptions,
+    overrides: &SuiteOverrides,
 ) -> Result<(String, String), BuildError> {
     let distribution = &loaded.profile.distribution;
-    Ok(match (&options.mirror, &distribution.mirror) {
-        (Some(url), _) => (url.clone(), "--mirror".to_string()),
-        (None, Some(url)) => (url.clone(), format!("profile {}", loaded.name)),
-        (None, None) => {
-            let choice = apt_sources::host_mirror(&options.apt_root, &distribution.suite)?;
-            (
-                choice.uri.clone(),
-                format!("host apt sources ({})", choice.file.display()),
-            )
-        }
-    })
+    let profile_source = format!("profile {}", loaded.name);
+    Ok(
+        match (
+            overrides.mirrors.get(&suite.name),
+            &options.mirror,
+            &suite.mirror,
+            &distribution.mirror,
+        ) {
+            (Some(url), ..) => (url.clone(), "--suite-mirror".to_string()),
+            (None, Some(url), ..) => (url.clone(), "--mirror".to_string()),
+            (None, None, Some(url), _) | (None, None, None, Some(url)) => {
+                (url.clone(), profile_source)
+            }
+            (None, None, None, None) => {
+                let choice = apt_sources::host_mirror(&options.apt_root, &suite.name)?;
+                (
+                    choice.uri.clone(),
+                    format!("host apt sources ({})", choice.file.display()),
+                )
+            }
+        },
+    )
 }
 
-fn resolve_packages(
+/// One repository per suite of the profile, in priority order, and a line
+/// saying where each suite's mirror came from.
+fn suite_repositories(
+    loaded: &LoadedProfile,
+    options: &BuildOptions,
+    overrides: &SuiteOverrides,
+) -> Result<(Vec<Repository>, String), BuildError> {
+    let distribution = &loaded.profile.distribution;
+    let mut repositories = Vec::new();
+    let mut sources = Vec::new();
+    for suite in distribution.suite_sources() {
+        let (mirror, source) = choose_mirror(loaded, &suite, options, overrides)?;
+        let age = overrides
+            .max_index_age
+            .get(&suite.name)
+            .or(suite.max_index_age.as_ref());
+        let max_index_age = age
+            .map(|value| {
+                profile::parse_age(value).ok_or_else(|| BuildError::BadIndexAge {
+                    suite: suite.name.clone(),
+                    value: value.clone(),
+                })
+            })
+            .transpose()?;
+        sources.push(format!("{}: {source}", suite.name));
+        repositories.push(Repository::new(RepositoryConfig {
+            mirror,
+            suite: suite.name.clone(),
+            components: distribution.components.clone(),
+            architecture: distribution.architecture.clone(),
+            keyring: options
+                .keyring
+                .clone()
+                .unwrap_or_else(|| distribution.keyring.clone()),
+            offline: options.offline,
+            max_index_age,
+        }));
+    }
+    Ok((repositories, sources.join("; ")))
+}
+
+pub(crate) fn resolve_packages(
     project: &Project,
     loaded: &LoadedProfile,
     options: &BuildOptions,
+    overrides: &SuiteOverrides,
+    lock_use: LockUse,
     seconds: &mut StepSeconds,
 ) -> Result<Resolved, BuildError> {
-    let distribution = &loaded.profile.distribution;
-    let (mirror, mirror_source) = choose_mirror(loaded, options)?;
+    let (repositories, mirror_source) = suite_repositories(loaded, options, overrides)?;
     let cache = Cache::open(&options.cache_dir)?;
-    let repository = Repository::new(RepositoryConfig {
-        mirror,
-        suite: distribution.suite.clone(),
-        components: distribution.components.clone(),
-        architecture: distribution.architecture.clone(),
-        keyring: options
-            .keyring
-            .clone()
-            .unwrap_or_else(|| distribution.keyring.clone()),
-        offline: options.offline,
-    });
     let started = Instant::now();
-    let info = repository.fetch_index_info(&cache, &options.reporter)?;
+    let infos = repositories
+        .iter()
+        .map(|repository| repository.fetch_index_info(&cache, &options.reporter))
+        .collect::<Result<Vec<_>, _>>()?;
     seconds.index = started.elapsed().as_secs_f64();
 
     let started = Instant::now();
     let lock = Lockfile::load(&project.lockfile())?;
-    let locked = lock.as_ref().and_then(|lock| lock.profile(&loaded.name));
+    let locked = match lock_use {
+        LockUse::Follow => lock.as_ref().and_then(|lock| lock.profile(&loaded.name)),
+        LockUse::Ignore => None,
+    };
     let first_lock = locked.is_none();
     let request = ResolveRequest {
         roots: package_roots(loaded),
@@ -372,31 +478,65 @@ fn resolve_packages(
         exclude: loaded.profile.packages.exclude.clone(),
         locked: locked.unwrap_or_default(),
     };
-    let cached = ResolutionCache::new(&cache, &info, &request);
+    let cached = ResolutionCache::new(&cache, &infos, &request);
     let resolution = match cached.load() {
-        Some(packages) => resolver::Resolution {
-            packages,
-            lock_changes: Vec::new(),
-        },
+        Some(resolution) => resolution,
         None => {
-            let index = repository.load_index(&cache, &info)?;
+            let mut index = PackageIndex::default();
+            for (repository, info) in repositories.iter().zip(&infos) {
+                index.merge(repository.load_index(&cache, info)?);
+            }
             let resolution = resolver::resolve(&index, &request)?;
+            let newer_versions = resolver::newer_versions(&index, &resolution.packages);
+            let resolution = CachedResolution {
+                packages: resolution.packages,
+                lock_changes: resolution.lock_changes,
+                newer_versions,
+            };
             if resolution.lock_changes.is_empty() {
-                cached.store(&resolution.packages);
+                cached.store(&resolution);
             }
             resolution
         }
     };
     seconds.resolve = started.elapsed().as_secs_f64();
-    let lock_changes = lock_changes(loaded, options, first_lock, &resolution)?;
+    check_locked_hashes(&request.locked, &resolution.packages)?;
+    let lock_changes = if lock_use == LockUse::Follow {
+        lock_changes(loaded, options, first_lock, &resolution.lock_changes)?
+    } else {
+        Vec::new()
+    };
     Ok(Resolved {
         records: resolution.packages,
         lock_changes,
+        newer_versions: resolution.newer_versions,
         lock,
-        repository,
+        repositories,
         cache,
         mirror_source,
     })
+}
+
+/// A locked version that the archive now serves with another SHA256 is an
+/// error, whatever the flags: it names both hashes.
+pub(crate) fn check_locked_hashes(
+    locked: &BTreeMap<String, resolver::LockedPackage>,
+    packages: &[PackageRecord],
+) -> Result<(), BuildError> {
+    for record in packages {
+        if let Some(locked) = locked.get(&record.name)
+            && locked.version == record.version
+            && locked.sha256 != record.sha256
+        {
+            return Err(BuildError::LockedHashChanged {
+                name: record.name.clone(),
+                version: record.version.to_string(),
+                locked_sha256: locked.sha256.clone(),
+                archive_sha256: record.sha256.clone(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// How the resolution differs from the lock file, as reported; with
@@ -405,7 +545,7 @@ fn lock_changes(
     loaded: &LoadedProfile,
     options: &BuildOptions,
     first_lock: bool,
-    resolution: &resolver::Resolution,
+    changes: &[resolver::LockChange],
 ) -> Result<Vec<String>, BuildError> {
     let lock_changes: Vec<String> = if first_lock && !options.locked {
         Vec::new()
@@ -415,11 +555,7 @@ fn lock_changes(
             loaded.name
         )]
     } else {
-        resolution
-            .lock_changes
-            .iter()
-            .map(ToString::to_string)
-            .collect()
+        changes.iter().map(ToString::to_string).collect()
     };
     if options.locked && !lock_changes.is_empty() {
         return Err(BuildError::LockMismatch {
@@ -430,9 +566,28 @@ fn lock_changes(
     Ok(lock_changes)
 }
 
-/// Resolutions already computed, keyed by the verified index blobs and the
-/// request: a warm build neither decompresses nor parses the index. Only
-/// resolutions that match the lock file are kept, so a hit has no lock changes.
+/// A resolution as the resolution cache keeps it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CachedResolution {
+    packages: Vec<PackageRecord>,
+    lock_changes: Vec<resolver::LockChange>,
+    newer_versions: Vec<resolver::NewerVersion>,
+}
+
+/// The source of the code that computes a resolution: part of the cache
+/// key, so that a changed resolver never reuses an old result.
+const RESOLVER_CODE: [&str; 4] = [
+    include_str!("pipeline.rs"),
+    include_str!("../../deb/src/resolver.rs"),
+    include_str!("../../deb/src/package_index.rs"),
+    include_str!("../../deb/src/version.rs"),
+];
+
+/// Resolutions already computed, keyed by the verified index blobs of
+/// every suite, the request and the resolver's code: a warm build neither
+/// decompresses nor parses the indexes. Only resolutions that match the
+/// lock file are kept, so a hit has no lock changes. Each entry starts with
+/// the SHA256 of its JSON, checked when read.
 struct ResolutionCache {
     path: PathBuf,
 }
@@ -440,13 +595,19 @@ struct ResolutionCache {
 impl ResolutionCache {
     fn new(
         cache: &Cache,
-        info: &applbuild_repo::repository::IndexInfo,
+        infos: &[applbuild_repo::repository::IndexInfo],
         request: &ResolveRequest,
     ) -> Self {
         let mut hasher = Sha256::new();
         hasher.update(env!("CARGO_PKG_VERSION"));
-        for blob in &info.indexes {
-            hasher.update(format!("{} {}\n", blob.path, blob.sha256));
+        for code in RESOLVER_CODE {
+            hasher.update(Sha256::digest(code));
+        }
+        for info in infos {
+            hasher.update(format!("suite {}\n", info.suite));
+            for blob in &info.indexes {
+                hasher.update(format!("{} {}\n", blob.path, blob.sha256));
+            }
         }
         for list in [&request.roots, &request.prefer, &request.exclude] {
             hasher.update(format!("{list:?}\n"));
@@ -460,19 +621,35 @@ impl ResolutionCache {
         }
     }
 
-    fn load(&self) -> Option<Vec<PackageRecord>> {
-        serde_json::from_slice(&std::fs::read(&self.path).ok()?).ok()
+    /// The cached resolution; one whose digest does not match is removed
+    /// (and the build says so), to be computed again.
+    fn load(&self) -> Option<CachedResolution> {
+        let data = std::fs::read(&self.path).ok()?;
+        let verified = data
+            .split_first_chunk::<65>()
+            .filter(|(digest, json)| {
+                digest[64] == b'\n' && digest[..64] == *hex::encode(Sha256::digest(json)).as_bytes()
+            })
+            .and_then(|(_, json)| serde_json::from_slice(json).ok());
+        if verified.is_none() {
+            eprintln!(
+                "applbuild: cached resolution {} is corrupt; discarded, resolving again",
+                self.path.display()
+            );
+            let _ = std::fs::remove_file(&self.path);
+        }
+        verified
     }
 
     /// Best effort: a resolution that cannot be stored is computed again next time.
-    fn store(&self, packages: &[PackageRecord]) {
+    fn store(&self, resolution: &CachedResolution) {
         let Some(dir) = self.path.parent() else {
             return;
         };
-        let stored = std::fs::create_dir_all(dir).and_then(|()| {
-            let json = serde_json::to_vec(packages).expect("package records serialize");
-            write_atomic(&self.path, &json)
-        });
+        let json = serde_json::to_vec(resolution).expect("resolutions serialize");
+        let mut entry = format!("{}\n", hex::encode(Sha256::digest(&json))).into_bytes();
+        entry.extend_from_slice(&json);
+        let stored = std::fs::create_dir_all(dir).and_then(|()| write_atomic(&self.path, &entry));
         if let Err(error) = stored {
             eprintln!(
                 "applbuild: cannot cache the resolution in {}: {error}",
@@ -611,10 +788,27 @@ pub fn build(
     name: &str,
     options: &BuildOptions,
 ) -> Result<BuildReport, BuildError> {
+    build_with_suites(project, name, options, &SuiteOverrides::default())
+}
+
+/// [`build`], with command-line settings of single suites.
+pub fn build_with_suites(
+    project: &Project,
+    name: &str,
+    options: &BuildOptions,
+    overrides: &SuiteOverrides,
+) -> Result<BuildReport, BuildError> {
     let total = Instant::now();
     let loaded = profile::load(&project.profiles_dir(), name)?;
     let mut seconds = StepSeconds::default();
-    let resolved = resolve_packages(project, &loaded, options, &mut seconds)?;
+    let resolved = resolve_packages(
+        project,
+        &loaded,
+        options,
+        overrides,
+        LockUse::Follow,
+        &mut seconds,
+    )?;
     let inputs_digest = resolved_inputs_digest(project, &loaded, &resolved);
     let unpacked = unpack(&resolved, &loaded, options, &mut seconds)?;
     let downloaded = unpacked.downloaded;
@@ -667,6 +861,7 @@ pub fn build(
         modules: assembled.modules.load_order.len(),
         seconds,
         lock_changes: resolved.lock_changes,
+        newer_versions: resolved.newer_versions,
         unchanged,
         unpacked_from_cache: from_unpack_cache.len(),
         unpacked_from_cache_packages: from_unpack_cache,
@@ -687,11 +882,7 @@ fn unpack(
         .iter()
         .filter(|record| resolved.cache.get(&record.sha256).is_none())
         .count();
-    let deb_paths = resolved.repository.fetch_packages(
-        &resolved.cache,
-        &resolved.records,
-        &options.reporter,
-    )?;
+    let deb_paths = fetch_packages(resolved, options)?;
     seconds.download = started.elapsed().as_secs_f64();
 
     let started = Instant::now();
@@ -711,6 +902,10 @@ fn unpack(
             CacheStatus::Stored => {}
             CacheStatus::NotStored(reason) => eprintln!(
                 "applbuild: cannot cache the unpacked files of {}: {reason}",
+                record.name
+            ),
+            CacheStatus::Rebuilt(reason) => eprintln!(
+                "applbuild: discarded the cached unpacked files of {} and unpacked the .deb again: {reason}",
                 record.name
             ),
         }
@@ -780,6 +975,12 @@ fn write_artifacts(
         &staging.path().join("initrd.img"),
         &options.reporter,
     )?;
+    for segment in initrd.segments.iter().filter(|s| s.discarded_corrupt) {
+        eprintln!(
+            "applbuild: cached initramfs segment {} ({}) failed its SHA256 check; discarded and compressed again",
+            segment.name, segment.key
+        );
+    }
     let kernel_path = staging.path().join("vmlinuz");
     std::fs::write(&kernel_path, &assembled.kernel).map_err(output_error(&kernel_path))?;
     seconds.compress = started.elapsed().as_secs_f64();
@@ -822,7 +1023,11 @@ fn write_artifacts(
 /// exactly them. Two builds of different profiles may finish together, so
 /// the read-modify-write runs under a lock on the project folder and reads
 /// the file again there, keeping the other build's entry.
-fn update_lock(project: &Project, name: &str, resolved: &Resolved) -> Result<(), BuildError> {
+pub(crate) fn update_lock(
+    project: &Project,
+    name: &str,
+    resolved: &Resolved,
+) -> Result<(), BuildError> {
     let mut expected = resolved.lock.clone().unwrap_or_default();
     expected.set_profile(name, &resolved.records);
     if resolved.lock.as_ref() == Some(&expected) {
@@ -878,6 +1083,31 @@ fn write_disk_image(dir: &Path, disk: &profile::DiskImage) -> Result<PathBuf, Bu
     let path = dir.join(DISK_IMAGE);
     disk_image::write_gpt_image(&path, &partitions)?;
     Ok(path)
+}
+
+/// Every package's `.deb` from its own suite's mirror, in package order.
+fn fetch_packages(resolved: &Resolved, options: &BuildOptions) -> Result<Vec<PathBuf>, BuildError> {
+    let mut paths: Vec<Option<PathBuf>> = vec![None; resolved.records.len()];
+    for (number, repository) in resolved.repositories.iter().enumerate() {
+        // Records of no known suite (an old cached resolution) go to the first.
+        let (positions, records): (Vec<usize>, Vec<PackageRecord>) = resolved
+            .records
+            .iter()
+            .enumerate()
+            .filter(|(_, record)| {
+                record.suite == repository.suite() || (number == 0 && record.suite.is_empty())
+            })
+            .map(|(position, record)| (position, record.clone()))
+            .unzip();
+        if records.is_empty() {
+            continue;
+        }
+        let fetched = repository.fetch_packages(&resolved.cache, &records, &options.reporter)?;
+        for (position, path) in positions.into_iter().zip(fetched) {
+            paths[position] = Some(path);
+        }
+    }
+    Ok(paths.into_iter().flatten().collect())
 }
 
 /// Unpacks every package in parallel (from the unpacked cache when warm);

@@ -138,12 +138,60 @@ pub struct Distribution {
     /// OpenPGP keyring that must have signed the repository's InRelease.
     #[serde(default = "default_keyring")]
     pub keyring: PathBuf,
+    /// Suites read together (e.g. `bookworm`, `bookworm-updates`,
+    /// `bookworm-security`); the highest version of a package in any of them
+    /// wins, as with apt. Empty means `suite` alone.
+    #[serde(default)]
+    pub suites: Vec<SuiteSource>,
+}
+
+/// One suite of a distribution and where to get it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SuiteSource {
+    /// Suite name, e.g. `bookworm-security`.
+    pub name: String,
+    /// Mirror URL of this suite; unset means the distribution's `mirror`,
+    /// else the host's apt entry for this suite.
+    pub mirror: Option<String>,
+    /// Refuse the suite when its InRelease `Date` is older than this, as
+    /// `<number>d` or `<number>h` (e.g. `"10d"`); unset accepts any age.
+    pub max_index_age: Option<String>,
+}
+
+/// Reads an age written as `<number>d` (days) or `<number>h` (hours).
+pub fn parse_age(text: &str) -> Option<std::time::Duration> {
+    let (number, hours_per_unit) = match text.trim() {
+        t if t.ends_with('d') => (&t[..t.len() - 1], 24),
+        t if t.ends_with('h') => (&t[..t.len() - 1], 1),
+        _ => return None,
+    };
+    let count: u64 = number.parse().ok()?;
+    Some(std::time::Duration::from_secs(
+        count * hours_per_unit * 3600,
+    ))
+}
+
+impl Distribution {
+    /// The suites to read, in priority order: `suites`, or `suite` alone.
+    pub fn suite_sources(&self) -> Vec<SuiteSource> {
+        if self.suites.is_empty() {
+            vec![SuiteSource {
+                name: self.suite.clone(),
+                mirror: None,
+                max_index_age: None,
+            }]
+        } else {
+            self.suites.clone()
+        }
+    }
 }
 
 impl Default for Distribution {
     fn default() -> Self {
         Self {
             mirror: None,
+            suites: Vec::new(),
             suite: default_suite(),
             components: default_components(),
             architecture: default_architecture(),

@@ -55,6 +55,7 @@ fn repository_config(repo: &LocalRepo) -> RepositoryConfig {
         architecture: "amd64".into(),
         keyring: repo.keyring.clone(),
         offline: false,
+        max_index_age: None,
     }
 }
 

@@ -82,6 +82,10 @@ pub struct PackageRecord {
     /// from the binary's; `None` when the source has the binary's name and version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<(String, Option<DebVersion>)>,
+    /// The suite whose index listed this record (e.g. `bookworm-security`);
+    /// empty until [`PackageIndex::set_suite`] names it.
+    #[serde(default)]
+    pub suite: String,
 }
 
 impl PackageRecord {
@@ -130,7 +134,6 @@ impl PackageRecord {
             Some(value) => parse_relations(value).map_err(|e| invalid(field, value, e.to_string())),
             None => Ok(Vec::new()),
         };
-
         let version_text = required("Version")?;
         let version = version_text
             .parse()
@@ -177,6 +180,7 @@ impl PackageRecord {
             section: stanza.get("Section").map(str::to_owned),
             installed_size,
             source: source_field(stanza.get("Source")).map_err(|e| invalid("Source", e.0, e.1))?,
+            suite: String::new(),
         })
     }
 }
@@ -251,6 +255,14 @@ impl PackageIndex {
             self.insert(record);
         }
         self.sort();
+    }
+
+    /// Records `suite` as the origin of every package of this index, before
+    /// it is merged with other suites' indexes.
+    pub fn set_suite(&mut self, suite: &str) {
+        for record in self.packages.values_mut().flatten() {
+            record.suite = suite.to_owned();
+        }
     }
 
     /// Every version of `name`, highest first; empty when unknown.

@@ -24,6 +24,9 @@ pub struct LockedPackage {
     /// SHA-256 of that version's `.deb`, to notice an archive that changed
     /// a package without changing its version.
     pub sha256: String,
+    /// The suite it came from (e.g. `bookworm-security`); empty in a lock
+    /// written before suites were recorded.
+    pub suite: String,
 }
 
 /// What to resolve.
@@ -60,7 +63,7 @@ pub struct Resolution {
 }
 
 /// One difference between the lock and the new resolution.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LockChange {
     /// Package name.
     pub name: String,
@@ -73,7 +76,7 @@ pub struct LockChange {
 }
 
 /// Why a resolution differs from its lock for one package.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum LockChangeReason {
     /// Needed now but not in the lock.
     Added,
@@ -519,6 +522,36 @@ impl<'a> Resolver<'a> {
     }
 }
 
+/// A resolved package of which the index holds a higher version.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NewerVersion {
+    /// Package name.
+    pub name: String,
+    /// The version resolved (the locked one).
+    pub current: DebVersion,
+    /// The highest version in the index.
+    pub newest: DebVersion,
+    /// The suite that carries it.
+    pub suite: String,
+}
+
+/// The packages of `packages` that `index` has a higher version of, by
+/// name: what `applbuild update` could move forward.
+pub fn newer_versions(index: &PackageIndex, packages: &[PackageRecord]) -> Vec<NewerVersion> {
+    packages
+        .iter()
+        .filter_map(|record| {
+            let newest = index.versions(&record.name).first()?;
+            (newest.version > record.version).then(|| NewerVersion {
+                name: record.name.clone(),
+                current: record.version.clone(),
+                newest: newest.version.clone(),
+                suite: newest.suite.clone(),
+            })
+        })
+        .collect()
+}
+
 fn lock_changes(
     index: &PackageIndex,
     locked: &BTreeMap<String, LockedPackage>,
@@ -610,10 +643,28 @@ mod tests {
                     LockedPackage {
                         version: version.parse().unwrap(),
                         sha256: fake_sha(name, version),
+                        suite: String::new(),
                     },
                 )
             })
             .collect()
+    }
+
+    #[test]
+    fn newer_versions_name_the_suite_of_the_highest() {
+        let mut main = index(&[("app", "1", "")]);
+        main.set_suite("bookworm");
+        let mut security = index(&[("app", "1+deb12u1", "")]);
+        security.set_suite("bookworm-security");
+        let old = main.versions("app")[0].clone();
+        main.merge(security);
+        let newer = newer_versions(&main, &[old]);
+        assert_eq!(newer.len(), 1);
+        assert_eq!(newer[0].newest.to_string(), "1+deb12u1");
+        assert_eq!(newer[0].suite, "bookworm-security");
+        let resolution = resolve(&main, &request(&["app"])).unwrap();
+        assert_eq!(resolution.packages[0].suite, "bookworm-security");
+        assert!(newer_versions(&main, &resolution.packages).is_empty());
     }
 
     #[test]

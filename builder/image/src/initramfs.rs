@@ -146,6 +146,8 @@ pub struct SegmentReport {
     pub compressed_bytes: u64,
     /// Whether the compressed segment came from the cache.
     pub reused: bool,
+    /// Whether a cached copy failed its SHA256 check and was compressed again.
+    pub discarded_corrupt: bool,
     /// The cache key (hex SHA256).
     pub key: String,
 }
@@ -198,10 +200,15 @@ pub fn write_initramfs(
             uncompressed_bytes: uncompressed,
             compressed_bytes: 0,
             reused: false,
+            discarded_corrupt: false,
             key,
         };
         if !entries.is_empty() {
-            report.reused = cached.is_file();
+            match cached_segment_intact(&cached) {
+                Some(true) => report.reused = true,
+                Some(false) => report.discarded_corrupt = true,
+                None => {}
+            }
             if !report.reused {
                 compress_segment(&entries, uncompressed, level, &cached, &name)?;
             }
@@ -309,7 +316,27 @@ fn workers() -> u32 {
     std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(1))
 }
 
-/// Compresses one segment into the cache (temporary file, fsync, rename).
+/// The file beside a cached segment that holds its SHA256.
+fn digest_path(cached: &Path) -> PathBuf {
+    cached.with_extension("zst.sha256")
+}
+
+/// Whether the cached segment matches the SHA256 recorded when it was
+/// written: `None` when there is no (complete) entry, `Some(false)` when the
+/// bytes changed since; a corrupt entry is removed.
+fn cached_segment_intact(cached: &Path) -> Option<bool> {
+    let recorded = std::fs::read_to_string(digest_path(cached)).ok()?;
+    let actual = crate::manifest::sha256_file(cached).ok()?;
+    if recorded.trim() == actual {
+        return Some(true);
+    }
+    let _ = std::fs::remove_file(cached);
+    let _ = std::fs::remove_file(digest_path(cached));
+    Some(false)
+}
+
+/// Compresses one segment into the cache (temporary file, fsync, rename),
+/// then records its SHA256 beside it.
 fn compress_segment(
     entries: &[(&str, &Node)],
     uncompressed: u64,
@@ -334,7 +361,9 @@ fn compress_segment(
         .finish()
         .and_then(|writer| writer.into_inner().map_err(|e| e.into_error()))
         .map_err(io_error)?;
-    temp.commit().map_err(io_error)
+    temp.commit().map_err(io_error)?;
+    let digest = crate::manifest::sha256_file(cached).map_err(io_error)?;
+    applbuild_fs::write_atomic(&digest_path(cached), digest.as_bytes()).map_err(io_error)
 }
 
 /// The zstd stream settings of every segment.
@@ -577,6 +606,19 @@ mod tests {
         // Another level is another cache entry.
         let fourth = write_initramfs(&tree, &plan(), &cache, 4, &out, &Reporter::hidden()).unwrap();
         assert!(fourth.segments.iter().all(|s| !s.reused));
+        // A corrupted cached segment is noticed, discarded and rebuilt.
+        let segment = cache
+            .join("segments")
+            .join(format!("{}.cpio.zst", fourth.segments[0].key));
+        let mut data = std::fs::read(&segment).unwrap();
+        let middle = data.len() / 2;
+        data[middle..middle + 8].copy_from_slice(b"XXXXXXXX");
+        std::fs::write(&segment, data).unwrap();
+        let fifth = write_initramfs(&tree, &plan(), &cache, 4, &out, &Reporter::hidden()).unwrap();
+        assert!(fifth.segments[0].discarded_corrupt);
+        assert!(!fifth.segments[0].reused);
+        assert_eq!(fifth.sha256, fourth.sha256);
+
         // Nothing temporary is left beside the image or in the cache.
         let leftovers: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()

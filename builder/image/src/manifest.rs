@@ -20,6 +20,9 @@ pub struct ManifestPackage {
     pub version: String,
     /// SHA256 of the .deb.
     pub sha256: String,
+    /// The suite it came from, e.g. `bookworm-security`.
+    #[serde(default)]
+    pub suite: String,
 }
 
 /// One file written to the output folder.

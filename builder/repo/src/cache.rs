@@ -18,6 +18,16 @@ use sha2::{Digest, Sha256};
 /// Why a cache operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
+    /// The cache folder belongs to another user.
+    #[error("cache {} is owned by uid {owner}, not by this user (uid {me}); refusing to use it (pass --cache-dir)", path.display())]
+    ForeignOwner {
+        /// The cache folder.
+        path: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// This process's effective uid.
+        me: u32,
+    },
     /// The file system refused an operation.
     #[error("cache {}: {source}", path.display())]
     Io {
@@ -68,6 +78,29 @@ pub enum InsertError<E> {
     Cache(#[from] CacheError),
 }
 
+/// Removes `.partial-*` files (an [`AtomicFile`] never committed) older
+/// than an hour from `dir`; best effort.
+fn sweep_stale_temporaries(dir: &Path) {
+    let Ok(listing) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in listing.flatten() {
+        let stale = entry.file_name().to_string_lossy().starts_with(".partial-")
+            && entry
+                .metadata()
+                .and_then(|meta| meta.modified())
+                .ok()
+                .and_then(|modified| modified.elapsed().ok())
+                .is_some_and(|age| age > STALE_TEMPORARY_AGE);
+        if stale {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// How old a temporary file must be before it counts as left by a killed build.
+const STALE_TEMPORARY_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// A cache rooted at one folder; cheap to clone and safe to share between
 /// threads (every operation goes straight to the file system).
 #[derive(Debug, Clone)]
@@ -76,11 +109,48 @@ pub struct Cache {
 }
 
 impl Cache {
-    /// Opens (creating if needed) a cache at `root`.
+    /// Opens (creating if needed, mode 0700) a cache at `root`. A cache
+    /// folder owned by another user is refused: whoever owns it could put
+    /// entries there. Temporary files that killed builds left behind (older
+    /// than an hour, so a running build's are spared) are removed.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, CacheError> {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt};
         let cache = Self { root: root.into() };
+        let io_error = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| CacheError::Io { path, source }
+        };
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&cache.root)
+            .map_err(io_error(&cache.root))?;
+        let owner = fs::metadata(&cache.root)
+            .map_err(io_error(&cache.root))?
+            .uid();
+        let me = rustix::process::geteuid().as_raw();
+        if owner != me {
+            return Err(CacheError::ForeignOwner {
+                path: cache.root.clone(),
+                owner,
+                me,
+            });
+        }
         for dir in [cache.blob_dir(), cache.latest_dir()] {
-            fs::create_dir_all(&dir).map_err(|source| CacheError::Io { path: dir, source })?;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .map_err(io_error(&dir))?;
+        }
+        for dir in [
+            "blobs/sha256",
+            "latest",
+            "unpacked",
+            "segments",
+            "resolutions",
+        ] {
+            sweep_stale_temporaries(&cache.root.join(dir));
         }
         Ok(cache)
     }
@@ -234,6 +304,32 @@ mod tests {
 
     fn sha(data: &[u8]) -> String {
         hex::encode(Sha256::digest(data))
+    }
+
+    #[test]
+    fn cache_folder_is_private_and_stale_temporaries_are_swept() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("cache");
+        let cache = Cache::open(&root).unwrap();
+        assert_eq!(
+            fs::metadata(&root).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        let stale = cache.blob_dir().join(".partial-killed");
+        let fresh = cache.blob_dir().join(".partial-running");
+        fs::write(&stale, b"half").unwrap();
+        fs::write(&fresh, b"half").unwrap();
+        let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+        fs::File::options()
+            .write(true)
+            .open(&stale)
+            .unwrap()
+            .set_modified(two_hours_ago)
+            .unwrap();
+        Cache::open(&root).unwrap();
+        assert!(!stale.exists());
+        assert!(fresh.exists());
     }
 
     fn leftovers(cache: &Cache) -> Vec<String> {

@@ -13,7 +13,7 @@ use std::fmt;
 use std::fs::File;
 use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
@@ -22,7 +22,7 @@ use crate::cache::{Cache, CacheError, InsertError};
 use crate::signature::{Keyring, SignatureError};
 use crate::transport::{Transport, TransportError};
 use applbuild_deb::package_index::{IndexError, PackageIndex, PackageRecord};
-use applbuild_deb::release::{IndexFile, Release, ReleaseError, format_date};
+use applbuild_deb::release::{IndexFile, Release, ReleaseError, format_date, parse_date};
 use applbuild_progress::{Reporter, Task, Unit};
 
 /// Downloads running at once: enough to hide per-request latency, few
@@ -31,6 +31,9 @@ const PARALLEL_DOWNLOADS: usize = 8;
 
 /// Compressed forms of a `Packages` index, in order of preference (smallest first).
 const INDEX_COMPRESSIONS: [&str; 3] = [".xz", ".gz", ""];
+
+/// The largest InRelease accepted (Debian's main one is about 150 KB).
+pub(crate) const INRELEASE_LIMIT: u64 = 4 << 20;
 
 /// Where packages come from and how to trust them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +51,9 @@ pub struct RepositoryConfig {
     pub keyring: PathBuf,
     /// Use only what the cache holds; never touch the network.
     pub offline: bool,
+    /// Refuse an InRelease whose `Date` is older than this (a mirror that
+    /// stopped syncing); `None` accepts any age.
+    pub max_index_age: Option<Duration>,
 }
 
 /// One `Packages` index used, for the build manifest.
@@ -137,6 +143,39 @@ pub enum RepositoryError {
         url: String,
         /// The `Valid-Until` moment.
         valid_until: String,
+    },
+    /// The Release file is older than the one already cached for this
+    /// suite: the mirror went back in time.
+    #[error(
+        "{url}: Release file dated {date}, older than the cached one dated {cached_date} (a replayed or rolled-back mirror?)"
+    )]
+    Replayed {
+        /// The InRelease URL.
+        url: String,
+        /// Its `Date`.
+        date: String,
+        /// The `Date` of the copy in the cache.
+        cached_date: String,
+    },
+    /// The Release file is older than the suite's `max_index_age`.
+    #[error(
+        "{url}: Release file dated {date} is older than max_index_age {max_age_hours} h (a mirror that stopped syncing?)"
+    )]
+    TooOld {
+        /// The InRelease URL.
+        url: String,
+        /// Its `Date`.
+        date: String,
+        /// The limit, in hours.
+        max_age_hours: u64,
+    },
+    /// The Release file's `Date` cannot be read.
+    #[error("{url}: Release file has an unreadable Date {date:?}")]
+    BadDate {
+        /// The InRelease URL.
+        url: String,
+        /// The field as found.
+        date: String,
     },
     /// The Release file lists no `Packages` index for a component.
     #[error(
@@ -234,6 +273,11 @@ impl Repository {
         &self.config
     }
 
+    /// The suite this repository reads, e.g. `bookworm-security`.
+    pub fn suite(&self) -> &str {
+        &self.config.suite
+    }
+
     fn dists_url(&self, path: &str) -> String {
         format!("{}/dists/{}/{}", self.mirror, self.config.suite, path)
     }
@@ -254,11 +298,12 @@ impl Repository {
                     missing: blob.path.clone(),
                 })?;
             let text = decompress(&blob.path, &cached)?;
-            let index =
+            let mut index =
                 PackageIndex::parse(&text).map_err(|source| RepositoryError::IndexParse {
                     path: blob.path.clone(),
                     source,
                 })?;
+            index.set_suite(&self.config.suite);
             merged.merge(index);
         }
         Ok(merged)
@@ -287,32 +332,13 @@ impl Repository {
         } else {
             let task = progress.spinner("InRelease");
             task.set_message(url.clone());
-            let data = self.transport.fetch_bytes(&url, &task)?;
+            let data = self.transport.fetch_bytes(&url, &task, INRELEASE_LIMIT)?;
             task.finish();
             data
         };
-        let text = keyring.verify_cleartext(&data, &url)?;
-        let release = Release::parse(&text, &url)?;
-        if !release.is_for(&self.config.suite) {
-            return Err(RepositoryError::WrongSuite {
-                url,
-                expected: self.config.suite.clone(),
-                found: format!(
-                    "{} (codename {})",
-                    release.suite.as_deref().unwrap_or("(none)"),
-                    release.codename.as_deref().unwrap_or("(none)")
-                ),
-            });
-        }
-        if let Some(valid_until) = release.valid_until
-            && valid_until < SystemTime::now()
-        {
-            return Err(RepositoryError::Expired {
-                url,
-                valid_until: format_date(valid_until),
-            });
-        }
+        let release = self.verified_release(&keyring, &data, &url)?;
         if !self.config.offline {
+            self.check_not_replayed(cache, &keyring, &release, &url)?;
             cache.store_latest(&url, &data)?;
         }
 
@@ -337,6 +363,82 @@ impl Repository {
             indexes,
         };
         Ok(info)
+    }
+
+    /// The Release inside a signed InRelease, checked for the suite asked
+    /// for and for its age (`Valid-Until`, `max_index_age`).
+    fn verified_release(
+        &self,
+        keyring: &Keyring,
+        data: &[u8],
+        url: &str,
+    ) -> Result<Release, RepositoryError> {
+        let text = keyring.verify_cleartext(data, url)?;
+        let release = Release::parse(&text, url)?;
+        if !release.is_for(&self.config.suite) {
+            return Err(RepositoryError::WrongSuite {
+                url: url.to_string(),
+                expected: self.config.suite.clone(),
+                found: format!(
+                    "{} (codename {})",
+                    release.suite.as_deref().unwrap_or("(none)"),
+                    release.codename.as_deref().unwrap_or("(none)")
+                ),
+            });
+        }
+        let now = SystemTime::now();
+        if let Some(valid_until) = release.valid_until
+            && valid_until < now
+        {
+            return Err(RepositoryError::Expired {
+                url: url.to_string(),
+                valid_until: format_date(valid_until),
+            });
+        }
+        if let Some(max_age) = self.config.max_index_age {
+            let date = release_date(&release, url)?;
+            if now.duration_since(date).unwrap_or_default() > max_age {
+                return Err(RepositoryError::TooOld {
+                    url: url.to_string(),
+                    date: release.date.clone(),
+                    max_age_hours: max_age.as_secs() / 3600,
+                });
+            }
+        }
+        Ok(release)
+    }
+
+    /// Refuses a Release dated before the copy already cached for `url`
+    /// (whose signature is checked again before its date is trusted).
+    fn check_not_replayed(
+        &self,
+        cache: &Cache,
+        keyring: &Keyring,
+        release: &Release,
+        url: &str,
+    ) -> Result<(), RepositoryError> {
+        let Some(path) = cache.latest(url) else {
+            return Ok(());
+        };
+        let Ok(previous) = std::fs::read(&path) else {
+            return Ok(());
+        };
+        // A cached copy that no longer verifies (key rotated) cannot vouch for anything.
+        let Ok(text) = keyring.verify_cleartext(&previous, url) else {
+            return Ok(());
+        };
+        let Ok(cached) = Release::parse(&text, url) else {
+            return Ok(());
+        };
+        let date = release_date(release, url)?;
+        match parse_date(&cached.date) {
+            Some(cached_date) if date < cached_date => Err(RepositoryError::Replayed {
+                url: url.to_string(),
+                date: release.date.clone(),
+                cached_date: cached.date,
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// The best-compressed `Packages` index the Release file lists for `component`.
@@ -406,7 +508,7 @@ impl Repository {
     ) -> Result<PathBuf, RepositoryError> {
         cache
             .insert_verified(&entry.sha256, entry.size, |file| {
-                self.transport.fetch(url, file, task).map(drop)
+                self.transport.fetch(url, file, task, entry.size).map(drop)
             })
             .map_err(|error| match error {
                 InsertError::Fill(error) => RepositoryError::Transport(error),
@@ -494,7 +596,9 @@ impl Repository {
         let url = format!("{}/{}", self.mirror, package.filename);
         cache
             .insert_verified(&package.sha256, package.size, |file| {
-                self.transport.fetch(&url, file, task).map(drop)
+                self.transport
+                    .fetch(&url, file, task, package.size)
+                    .map(drop)
             })
             .map_err(|error| PackageFailure {
                 package: package.name.clone(),
@@ -503,6 +607,14 @@ impl Repository {
                 url,
             })
     }
+}
+
+/// The Release file's `Date` as a moment.
+fn release_date(release: &Release, url: &str) -> Result<SystemTime, RepositoryError> {
+    parse_date(&release.date).ok_or_else(|| RepositoryError::BadDate {
+        url: url.to_string(),
+        date: release.date.clone(),
+    })
 }
 
 /// Reads a verified index blob, decompressing by the index path's suffix.

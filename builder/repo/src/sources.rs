@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use crate::cache::{Cache, InsertError};
-use crate::repository::{Repository, RepositoryError};
+use crate::repository::{INRELEASE_LIMIT, Repository, RepositoryError};
 use crate::signature::Keyring;
 use crate::transport::Transport;
 use applbuild_deb::deb822::{Deb822Error, Stanza, parse_stanzas};
@@ -231,7 +231,7 @@ fn verified_release(
             source,
         })?
     } else {
-        transport.fetch_bytes(url, &progress.spinner("InRelease"))?
+        transport.fetch_bytes(url, &progress.spinner("InRelease"), INRELEASE_LIMIT)?
     };
     let release = Release::parse(&keyring.verify_cleartext(&data, url)?, url)?;
     if !release.is_for(&config.suite) {
@@ -275,7 +275,7 @@ fn fetch_verified(
     }
     cache
         .insert_verified(sha256, size, |file| {
-            transport.fetch(url, file, task).map(drop)
+            transport.fetch(url, file, task, size).map(drop)
         })
         .map_err(|error| match error {
             InsertError::Fill(error) => RepositoryError::Transport(error),
@@ -443,6 +443,7 @@ mod tests {
             architecture: "amd64".into(),
             keyring: dir.join("keyring.gpg"),
             offline: false,
+            max_index_age: None,
         })
     }
 

@@ -26,6 +26,15 @@ const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Why a fetch failed; every variant names the URL.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
+    /// A small file (InRelease) is larger than its bound; reading stopped
+    /// one byte past it.
+    #[error("{url}: more than the expected {limit} bytes; refused")]
+    TooLarge {
+        /// The URL.
+        url: String,
+        /// The most bytes accepted.
+        limit: u64,
+    },
     /// The server answered with a status other than 200.
     #[error("{url}: HTTP status {status}")]
     Status {
@@ -144,14 +153,17 @@ impl Transport {
     /// Downloads `url` into `sink`, advancing `task` by the bytes received,
     /// and returns the number of bytes written. Connection failures, broken
     /// transfers and 5xx answers are retried with the sink emptied first.
+    /// At most `limit` + 1 bytes are read, so a server cannot fill the
+    /// disk; the caller compares the size with what it expected.
     pub fn fetch(
         &self,
         url: &str,
         sink: &mut impl Sink,
         task: &Task,
+        limit: u64,
     ) -> Result<u64, TransportError> {
         if let Some(rest) = url.strip_prefix("file://") {
-            return fetch_file(url, rest, sink, task);
+            return fetch_file(url, rest, sink, task, limit);
         }
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             return Err(TransportError::UnsupportedScheme {
@@ -160,7 +172,7 @@ impl Transport {
         }
         let mut attempt = 1;
         loop {
-            match self.fetch_http_once(url, sink, task) {
+            match self.fetch_http_once(url, sink, task, limit) {
                 Ok(written) => return Ok(written),
                 Err(Attempt::Fatal(error)) => return Err(error),
                 Err(Attempt::Retry(source)) if attempt >= ATTEMPTS => {
@@ -182,10 +194,20 @@ impl Transport {
         }
     }
 
-    /// Downloads `url` into memory; for small files (InRelease).
-    pub fn fetch_bytes(&self, url: &str, task: &Task) -> Result<Vec<u8>, TransportError> {
+    /// Downloads `url` into memory; for small files (InRelease), at most `limit` bytes.
+    pub fn fetch_bytes(
+        &self,
+        url: &str,
+        task: &Task,
+        limit: u64,
+    ) -> Result<Vec<u8>, TransportError> {
         let mut buffer = Vec::new();
-        self.fetch(url, &mut buffer, task)?;
+        if self.fetch(url, &mut buffer, task, limit)? > limit {
+            return Err(TransportError::TooLarge {
+                url: url.to_string(),
+                limit,
+            });
+        }
         Ok(buffer)
     }
 
@@ -194,6 +216,7 @@ impl Transport {
         url: &str,
         sink: &mut impl Sink,
         task: &Task,
+        limit: u64,
     ) -> Result<u64, Attempt> {
         let response = match self.agent.get(url).call() {
             Ok(response) => response,
@@ -216,7 +239,7 @@ impl Transport {
                 status,
             }));
         }
-        let mut reader = response.into_body().into_reader();
+        let mut reader = response.into_body().into_reader().take(limit + 1);
         copy_with_progress(&mut reader, sink, task).map_err(|failure| match failure {
             CopyFailure::Read(error) => Attempt::Retry(ureq::Error::Io(error)),
             CopyFailure::Write(source) => Attempt::Fatal(TransportError::Io {
@@ -271,6 +294,7 @@ fn fetch_file(
     rest: &str,
     sink: &mut impl Sink,
     task: &Task,
+    limit: u64,
 ) -> Result<u64, TransportError> {
     let path = file_url_path(rest);
     let io_error = |source| TransportError::Io {
@@ -287,9 +311,11 @@ fn fetch_file(
         }
         Err(error) => return Err(io_error(error)),
     };
-    copy_with_progress(&mut file, sink, task).map_err(|failure| match failure {
-        CopyFailure::Read(error) | CopyFailure::Write(error) => io_error(error),
-    })
+    copy_with_progress(&mut (&mut file).take(limit + 1), sink, task).map_err(
+        |failure| match failure {
+            CopyFailure::Read(error) | CopyFailure::Write(error) => io_error(error),
+        },
+    )
 }
 
 /// Maps the part after `file://` to a path: an optional `localhost` host, then
@@ -335,13 +361,30 @@ mod tests {
         std::fs::write(&path, b"hello").unwrap();
         let url = format!("file://{}", dir.path().join("a%20b.txt").display());
         let transport = Transport::new();
-        assert_eq!(transport.fetch_bytes(&url, &task()).unwrap(), b"hello");
+        assert_eq!(transport.fetch_bytes(&url, &task(), 5).unwrap(), b"hello");
 
         let mut file = tempfile::tempfile().unwrap();
         file.write_all(b"stale data that must go").unwrap();
         file.restart().unwrap();
-        assert_eq!(transport.fetch(&url, &mut file, &task()).unwrap(), 5);
+        assert_eq!(transport.fetch(&url, &mut file, &task(), 5).unwrap(), 5);
         assert_eq!(file.metadata().unwrap().len(), 5);
+    }
+
+    #[test]
+    fn more_than_the_limit_is_refused_after_limit_plus_one_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big");
+        std::fs::write(&path, vec![b'x'; 1000]).unwrap();
+        let url = format!("file://{}", path.display());
+        let mut sink = Vec::new();
+        let transport = Transport::new();
+        assert_eq!(transport.fetch(&url, &mut sink, &task(), 10).unwrap(), 11);
+        assert_eq!(sink.len(), 11);
+        let error = transport.fetch_bytes(&url, &task(), 10).unwrap_err();
+        assert!(
+            matches!(error, TransportError::TooLarge { limit: 10, .. }),
+            "{error}"
+        );
     }
 
     #[test]
@@ -357,7 +400,9 @@ mod tests {
     fn missing_file_is_not_found_and_named() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("file://{}/nothing", dir.path().display());
-        let error = Transport::new().fetch_bytes(&url, &task()).unwrap_err();
+        let error = Transport::new()
+            .fetch_bytes(&url, &task(), 1 << 20)
+            .unwrap_err();
         assert!(error.is_not_found());
         assert!(error.to_string().contains(&url), "{error}");
     }
@@ -365,7 +410,7 @@ mod tests {
     #[test]
     fn unknown_scheme_is_rejected() {
         let error = Transport::new()
-            .fetch_bytes("ftp://mirror.invalid/debian", &task())
+            .fetch_bytes("ftp://mirror.invalid/debian", &task(), 1 << 20)
             .unwrap_err();
         assert!(matches!(error, TransportError::UnsupportedScheme { .. }));
         assert!(!error.is_not_found());

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use applbuild_fs::AtomicFile;
+use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 /// Files and pipes read through buffers this large: big enough that the
@@ -126,7 +127,7 @@ pub enum DebError {
     },
     /// The cached unpacked copy is unreadable; it has been deleted so the
     /// next build recreates it from the `.deb`.
-    #[error("unpacked cache {path} is corrupt and was removed (rerun the build): {source}")]
+    #[error("unpacked cache {path} is corrupt and was removed: {source}")]
     CorruptCache {
         /// The cache file.
         path: PathBuf,
@@ -174,6 +175,9 @@ pub enum CacheStatus {
     /// Entries came from the `.deb`; storing the copy failed (the build does
     /// not depend on it, so this is reported, not raised).
     NotStored(String),
+    /// The cached copy failed its check (the reason given) and was
+    /// discarded; entries came from the `.deb` and a new copy was stored.
+    Rebuilt(String),
 }
 
 /// One member of the `ar` container.
@@ -352,7 +356,14 @@ where
     }
     let dir = cache_root.join("unpacked");
     let cached = dir.join(format!("{}.tar.zst", sha256.to_ascii_lowercase()));
-    match File::open(&cached) {
+    // A copy without its recorded SHA256 (written by an older applbuild)
+    // is not trusted: it is unpacked from the `.deb` again and replaced.
+    let opened = if digest_path(&cached).is_file() {
+        File::open(&cached)
+    } else {
+        Err(io::ErrorKind::NotFound.into())
+    };
+    match opened {
         Ok(file) => {
             read_cached(&cached, file, &mut f)?;
             return Ok(CacheStatus::Hit);
@@ -407,11 +418,22 @@ pub fn read_data_entries_cached(
     cache_root: &Path,
 ) -> Result<(Vec<DataEntry>, CacheStatus), DebError> {
     let mut entries = Vec::new();
-    let status = for_each_data_entry_cached(deb_path, sha256, cache_root, |entry| {
-        entries.push(entry);
-        Ok::<(), DebError>(())
-    })?;
-    Ok((entries, status))
+    let collect = |entries: &mut Vec<DataEntry>| {
+        for_each_data_entry_cached(deb_path, sha256, cache_root, |entry| {
+            entries.push(entry);
+            Ok::<(), DebError>(())
+        })
+    };
+    match collect(&mut entries) {
+        Ok(status) => Ok((entries, status)),
+        // The corrupt copy is gone: the second pass reads the `.deb`.
+        Err(error @ DebError::CorruptCache { .. }) => {
+            entries.clear();
+            collect(&mut entries)?;
+            Ok((entries, CacheStatus::Rebuilt(error.to_string())))
+        }
+        Err(error) => Err(error),
+    }
 }
 
 /// Reads the cached copy; on a decoding failure the copy is deleted so the
@@ -429,8 +451,13 @@ where
         }
     };
     let member = "data.tar (cached)";
+    let recorded = std::fs::read_to_string(digest_path(cached)).unwrap_or_default();
+    let hashing = HashingReader {
+        inner: file,
+        hasher: Sha256::new(),
+    };
     let mut decoder =
-        zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(READ_BUFFER, file))
+        zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(READ_BUFFER, hashing))
             .map_err(|source| {
                 corrupt(DebError::Tar {
                     path: cached.to_path_buf(),
@@ -451,7 +478,41 @@ where
             source,
         })
     })?;
+    let mut rest = decoder.finish();
+    io::copy(&mut rest, &mut io::sink()).map_err(|source| {
+        corrupt(DebError::Io {
+            path: cached.to_path_buf(),
+            source,
+        })
+    })?;
+    let actual = hex::encode(rest.into_inner().hasher.finalize());
+    if recorded.trim() != actual {
+        return Err(corrupt(DebError::Io {
+            path: cached.to_path_buf(),
+            source: io::Error::other(format!("SHA256 {actual}, recorded {:?}", recorded.trim())),
+        })
+        .into());
+    }
     Ok(())
+}
+
+/// The file beside a cached copy that holds its SHA256.
+fn digest_path(cached: &Path) -> PathBuf {
+    cached.with_extension("zst.sha256")
+}
+
+/// Hashes what is read through it.
+struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
 }
 
 /// Separates failures of the archive from failures of the entry consumer,
@@ -670,7 +731,26 @@ fn decompressor<'a>(
 /// A zstd level-1 copy being written to a temporary file beside its final
 /// name.
 struct CacheWriter {
-    encoder: zstd::stream::write::Encoder<'static, io::BufWriter<AtomicFile>>,
+    encoder: zstd::stream::write::Encoder<'static, io::BufWriter<HashingWriter>>,
+    target: PathBuf,
+}
+
+/// An [`AtomicFile`] that hashes what is written to it.
+struct HashingWriter {
+    file: AtomicFile,
+    hasher: Sha256,
+}
+
+impl Write for HashingWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
 }
 
 impl CacheWriter {
@@ -678,19 +758,31 @@ impl CacheWriter {
         if let Some(dir) = target.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let temp = AtomicFile::create(target)?;
+        let temp = HashingWriter {
+            file: AtomicFile::create(target)?,
+            hasher: Sha256::new(),
+        };
         let mut encoder =
             zstd::stream::write::Encoder::new(io::BufWriter::with_capacity(READ_BUFFER, temp), 1)?;
         encoder.include_checksum(true)?;
-        Ok(Self { encoder })
+        Ok(Self {
+            encoder,
+            target: target.to_path_buf(),
+        })
     }
 
+    /// Publishes the copy, then its SHA256 (a copy without one is not used).
     fn commit(self) -> io::Result<()> {
-        self.encoder
+        let HashingWriter { file, hasher } = self
+            .encoder
             .finish()?
             .into_inner()
-            .map_err(|error| error.into_error())?
-            .commit()
+            .map_err(|error| error.into_error())?;
+        file.commit()?;
+        applbuild_fs::write_atomic(
+            &digest_path(&self.target),
+            hex::encode(hasher.finalize()).as_bytes(),
+        )
     }
 }
 
@@ -950,10 +1042,10 @@ pub(crate) mod tests {
         let stored = cache.join("unpacked").join(format!("{sha}.tar.zst"));
         // The copy is the complete data.tar, not just the entries read.
         assert_eq!(zstd::decode_all(File::open(&stored).unwrap()).unwrap(), tar);
-        // No temporary files are left beside it.
+        // No temporary files are left beside it and its SHA256.
         assert_eq!(
             std::fs::read_dir(cache.join("unpacked")).unwrap().count(),
-            1
+            2
         );
         std::fs::remove_file(&deb).unwrap();
         let (second, status) = read_data_entries_cached(&deb, &sha, &cache).unwrap();
@@ -990,7 +1082,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn corrupt_cache_is_reported_and_removed() {
+    fn corrupt_cache_is_discarded_and_rebuilt() {
         let dir = tempfile::tempdir().unwrap();
         let deb = dir.path().join("sample.deb");
         write_deb(&deb, &sample_tar(), Compression::Gzip, true);
@@ -1002,11 +1094,20 @@ pub(crate) mod tests {
         let middle = bytes.len() / 2;
         bytes[middle] ^= 0xff;
         std::fs::write(&stored, bytes).unwrap();
-        let error = read_data_entries_cached(&deb, &sha, &cache).unwrap_err();
-        assert!(matches!(error, DebError::CorruptCache { .. }), "{error}");
-        assert!(!stored.exists());
+        let (entries, status) = read_data_entries_cached(&deb, &sha, &cache).unwrap();
+        assert!(
+            matches!(&status, CacheStatus::Rebuilt(reason) if reason.contains("corrupt")),
+            "{status:?}"
+        );
+        assert_eq!(
+            entries.len(),
+            read_data_entries_cached(&deb, &sha, &cache)
+                .unwrap()
+                .0
+                .len()
+        );
         let (_, status) = read_data_entries_cached(&deb, &sha, &cache).unwrap();
-        assert_eq!(status, CacheStatus::Stored);
+        assert_eq!(status, CacheStatus::Hit);
     }
 
     #[test]

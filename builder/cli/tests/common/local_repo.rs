@@ -174,6 +174,20 @@ impl LocalRepo {
         repo
     }
 
+    /// Another suite of the same archive (same root, same signing key),
+    /// publishing `packages` under `dists/<suite>/`.
+    pub fn sibling_suite(&self, suite: &str, packages: &[FakePackage]) -> LocalRepo {
+        let sibling = LocalRepo {
+            root: self.root.clone(),
+            url: self.url.clone(),
+            keyring: self.keyring.clone(),
+            suite: suite.to_string(),
+            key: self.key.clone(),
+        };
+        sibling.publish(packages);
+        sibling
+    }
+
     /// Replaces the archive's contents with `packages` (new `.deb` files,
     /// indexes, Release, InRelease), signed with the same key; old pool
     /// files stay, as on a real mirror.
