@@ -97,8 +97,10 @@ fn hypervisor_image_boots_with_daemons_bridge_and_bound_ifaces() {
 }
 
 /// Copies the project's profiles, overlay and lock file into a temporary
-/// project, adding `profiles/<name>.toml` with `text`.
-fn project_with_profile(name: &str, text: &str) -> tempfile::TempDir {
+/// project, adding `profiles/<name>.toml` with `text` and giving it the
+/// overlay of `parent` (overlays are chosen by profile name, not by
+/// `extends`).
+fn project_with_profile(name: &str, parent: &str, text: &str) -> tempfile::TempDir {
     let project = tempfile::tempdir().unwrap();
     for dir in ["profiles", "rootfs-overlay"] {
         let status = Command::new("cp")
@@ -115,6 +117,14 @@ fn project_with_profile(name: &str, text: &str) -> tempfile::TempDir {
     )
     .unwrap();
     std::fs::write(project.path().join(format!("profiles/{name}.toml")), text).unwrap();
+    let overlay = project.path().join("rootfs-overlay");
+    let status = Command::new("cp")
+        .arg("-r")
+        .arg(overlay.join(parent))
+        .arg(overlay.join(name))
+        .status()
+        .unwrap();
+    assert!(status.success(), "copying the {parent} overlay");
     project
 }
 
@@ -125,7 +135,8 @@ fn a_service_that_fails_ends_the_boot_check_with_its_failure_line() {
     }
     let project = project_with_profile(
         "doomed",
-        "extends = \"storage\"\n\n[services.doomed]\nkind = \"oneshot\"\ncommand = \"exit 4\"\n",
+        "storage",
+        "extends = \"storage\"\n\n[services.doomed]\nkind = \"oneshot\"\ncommand = \"sh -c 'exit 4'\"\n",
     );
     let started = std::time::Instant::now();
     let output = Command::cargo_bin("applbuild")
