@@ -618,7 +618,7 @@ fn release_date(release: &Release, url: &str) -> Result<SystemTime, RepositoryEr
 }
 
 /// Reads a verified index blob, decompressing by the index path's suffix.
-fn decompress(path: &str, blob: &Path) -> Result<String, RepositoryError> {
+pub(crate) fn decompress(path: &str, blob: &Path) -> Result<String, RepositoryError> {
     let read_error = |source| RepositoryError::IndexRead {
         path: path.to_string(),
         blob: blob.to_path_buf(),

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use crate::cache::{Cache, InsertError};
-use crate::repository::{INRELEASE_LIMIT, Repository, RepositoryError};
+use crate::repository::{INRELEASE_LIMIT, Repository, RepositoryError, decompress};
 use crate::signature::Keyring;
 use crate::transport::Transport;
 use applbuild_deb::deb822::{Deb822Error, Stanza, parse_stanzas};
@@ -203,7 +203,7 @@ pub fn fetch_source_index(
             &task,
         )?;
         task.finish();
-        let text = read_index(&path, &blob)?;
+        let text = decompress(&path, &blob)?;
         merged.merge(SourceIndex::parse(&text, &path)?);
     }
     Ok(merged)
@@ -284,26 +284,6 @@ fn fetch_verified(
                 source,
             },
         })
-}
-
-fn read_index(path: &str, blob: &Path) -> Result<String, SourcesError> {
-    use std::io::Read;
-    let read_error = |source| RepositoryError::IndexRead {
-        path: path.to_owned(),
-        blob: blob.to_path_buf(),
-        source,
-    };
-    let file = std::fs::File::open(blob).map_err(read_error)?;
-    let mut reader: Box<dyn Read> = if path.ends_with(".xz") {
-        Box::new(liblzma::read::XzDecoder::new(file))
-    } else if path.ends_with(".gz") {
-        Box::new(flate2::read::GzDecoder::new(file))
-    } else {
-        Box::new(file)
-    };
-    let mut text = String::new();
-    reader.read_to_string(&mut text).map_err(read_error)?;
-    Ok(text)
 }
 
 /// Downloads every file of the source packages `wanted` (name and version)
