@@ -2,7 +2,9 @@
 # scenario-writer.sh DEV PATTERN MIB STOPFILE LOG, run in the guest VM:
 # rewrites PATTERN onto DEV in 1 MiB direct writes until STOPFILE exists
 # (checked after each full pass), logging "UPTIME PASS MIB ok|FAIL" per
-# write to LOG (dd's errors to LOG.err) and "DONE UPTIME" at the end.
+# write to LOG (the output of a dd that failed to LOG.err, so that file
+# holds only errors: BusyBox dd reports every transfer on stderr) and
+# "DONE UPTIME" at the end.
 dev=$1 pat=$2 mib=$3 stop=$4 log=$5
 # The kicker: one 4 KiB direct read of DEV after another, a second apart.
 # A nested guest on TCG's emulated SVM now and then loses a virtio
@@ -15,7 +17,12 @@ pass=0
 while :; do
   i=0
   while [ "$i" -lt "$mib" ]; do
-    if dd if="$pat" of="$dev" bs=1M count=1 skip="$i" seek="$i" oflag=direct conv=notrunc,fsync 2>>"$log.err"; then s=ok; else s=FAIL; fi
+    if out=$(dd if="$pat" of="$dev" bs=1M count=1 skip="$i" seek="$i" oflag=direct conv=notrunc,fsync 2>&1); then
+      s=ok
+    else
+      s=FAIL
+      echo "$out" >> "$log.err"
+    fi
     echo "$(cut -d' ' -f1 /proc/uptime) $pass $i $s" >> "$log"
     i=$((i+1))
   done

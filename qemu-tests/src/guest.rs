@@ -311,17 +311,15 @@ fn wait_ready(hypervisor: &mut Node, accel: GuestAccel, timeout: Duration) -> Re
     );
 }
 
-/// Splits the control port's reply into output and exit status.
+/// Splits the control port's reply, `OUTPUT\n@@status N\n`, into output
+/// and exit status. A reply cut off before its status line is `None`.
 pub fn parse_reply(reply: &str) -> Option<ExecOutput> {
-    let body = reply.strip_suffix('\n').unwrap_or(reply);
-    let (stdout, status) = match body.rsplit_once('\n') {
-        Some((stdout, last)) => (format!("{stdout}\n"), last),
-        None => (String::new(), body),
-    };
-    let exit_code = status.strip_prefix("@@status ")?.trim().parse().ok()?;
+    let body = reply.strip_suffix('\n')?;
+    let (stdout, status) = body.rsplit_once("\n@@status ")?;
+    let exit_code = status.trim().parse().ok()?;
     Some(ExecOutput {
         exit_code,
-        stdout,
+        stdout: stdout.to_string(),
         stderr: String::new(),
     })
 }
@@ -332,14 +330,24 @@ mod tests {
 
     #[test]
     fn replies_split_into_output_and_status() {
-        let reply = parse_reply("a\nb\n@@status 3\n").unwrap();
+        let reply = parse_reply("a\nb\n\n@@status 3\n").unwrap();
         assert_eq!(reply.exit_code, 3);
         assert_eq!(reply.stdout, "a\nb\n");
-        assert_eq!(parse_reply("@@status 0\n").unwrap().stdout, "");
+        assert_eq!(parse_reply("\n@@status 0\n").unwrap().stdout, "");
         assert!(
             parse_reply("a\nb\n").is_none(),
             "a cut-off reply has no status"
         );
+        assert!(parse_reply("a\n@@status").is_none(), "nor a cut-off status");
+    }
+
+    #[test]
+    fn output_without_its_last_newline_keeps_the_status_readable() {
+        // `head -c` of a log ends mid-line: the status still parses, and the
+        // output is what the command printed.
+        let reply = parse_reply("1+0 records in\n1\n@@status 0\n").unwrap();
+        assert_eq!(reply.exit_code, 0);
+        assert_eq!(reply.stdout, "1+0 records in\n1");
     }
 
     #[test]
