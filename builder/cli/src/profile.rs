@@ -210,7 +210,7 @@ fn default_architecture() -> String {
     "amd64".into()
 }
 fn default_keyring() -> PathBuf {
-    PathBuf::from("/usr/share/keyrings/debian-archive-keyring.gpg")
+    PathBuf::from(applbuild_repo::signature::DEFAULT_KEYRING)
 }
 
 /// Package selection.
