@@ -2,16 +2,22 @@
 //! a keyring, the way `gpgv` does for apt.
 //!
 //! rPGP checks the cryptography of one signature against one key; it does
-//! not decide whether that key may sign. That part is here: the key (or
-//! signing subkey) must be bound to its primary key by a valid self- or
-//! binding signature, must not be expired or revoked when the data
-//! signature was made, and the data signature must not be dated in the
-//! future.
+//! not decide whether that key may sign. That part is here:
+//!
+//! - the key (or signing subkey) must be bound to its primary key by a valid
+//!   self- or binding signature;
+//! - it must be valid both when the data signature was made *and* now: an
+//!   expired key fails even for signatures it made while it was valid
+//!   (`gpgv` reports `EXPKEYSIG`, which apt refuses), and a revoked key
+//!   fails whatever the revocation's reason and date (`REVKEYSIG`);
+//! - the data signature must not be dated in the future, nor expired;
+//! - it must use a hash algorithm apt trusts (see `check_hash`).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use pgp::composed::{CleartextSignedMessage, Deserializable, SignedPublicKey, SignedPublicSubKey};
+use pgp::crypto::hash::HashAlgorithm;
 use pgp::packet::{KeyFlags, RevocationCode, Signature, SignatureType, SubpacketData};
 use pgp::types::{KeyDetails, Tag, Timestamp};
 
@@ -70,13 +76,128 @@ pub enum SignatureError {
         keyring: PathBuf,
     },
     /// A key from the keyring matched but no signature was acceptable.
-    #[error("{file}: bad signature: {}", reasons.join("; "))]
+    #[error("{file}: bad signature: {}", joined(reasons))]
     BadSignature {
         /// The signed file (path or URL).
         file: String,
-        /// One entry per (signature, key) pair tried: key ID and what failed.
-        reasons: Vec<String>,
+        /// One entry per (signature, key) pair tried.
+        reasons: Vec<Refusal>,
     },
+}
+
+/// One signature that was tried with one key of the keyring and refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("key {key}: {reason}")]
+pub struct Refusal {
+    /// The key tried: its key ID, and its primary key's for a subkey.
+    pub key: String,
+    /// Why the signature was not accepted from that key.
+    pub reason: Rejection,
+}
+
+/// Which part of an OpenPGP certificate a rejection is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyRole {
+    /// The primary key.
+    Primary,
+    /// A subkey bound to the primary key.
+    Subkey,
+}
+
+impl std::fmt::Display for KeyRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            KeyRole::Primary => "primary key",
+            KeyRole::Subkey => "subkey",
+        })
+    }
+}
+
+/// Why one signature is not accepted from one key. Keys are named by their
+/// fingerprint, dates as in a Release file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// The cryptographic check failed (tampered text, other key).
+    #[error("signature does not verify ({0})")]
+    DoesNotVerify(String),
+    /// The signature uses a hash algorithm that is refused.
+    #[error(
+        "signature uses the hash algorithm {algorithm}, which is refused (SHA-224 or stronger is required)"
+    )]
+    WeakHash {
+        /// The algorithm's name, e.g. `SHA1`.
+        algorithm: String,
+    },
+    /// The signature has no creation time.
+    #[error("signature carries no creation time")]
+    NoCreationTime,
+    /// The signature is dated after now (beyond the allowed clock skew).
+    #[error("signature is dated in the future ({made})")]
+    FromTheFuture {
+        /// When the signature claims to be made.
+        made: String,
+    },
+    /// The signature itself has expired.
+    #[error("signature expired on {expired}")]
+    SignatureExpired {
+        /// When it expired.
+        expired: String,
+    },
+    /// The primary key has no valid self-signature.
+    #[error("primary key {fingerprint} has no valid self-signature")]
+    NoSelfSignature {
+        /// The primary key's fingerprint.
+        fingerprint: String,
+    },
+    /// The subkey has no valid binding signature allowing it to sign.
+    #[error("subkey {fingerprint} has no valid binding signature for signing")]
+    NoSigningBinding {
+        /// The subkey's fingerprint.
+        fingerprint: String,
+    },
+    /// The key's flags do not allow signing.
+    #[error("{role} {fingerprint} is not marked for signing")]
+    NotForSigning {
+        /// Primary key or subkey.
+        role: KeyRole,
+        /// Its fingerprint.
+        fingerprint: String,
+    },
+    /// The key is younger than the signature.
+    #[error("{role} {fingerprint} was created on {created}, after the signature")]
+    CreatedAfterSignature {
+        /// Primary key or subkey.
+        role: KeyRole,
+        /// Its fingerprint.
+        fingerprint: String,
+        /// When the key was created.
+        created: String,
+    },
+    /// The key had expired when the signature was made, or has expired since.
+    #[error("{role} {fingerprint} expired on {expired}")]
+    KeyExpired {
+        /// Primary key or subkey.
+        role: KeyRole,
+        /// Its fingerprint.
+        fingerprint: String,
+        /// When it expired.
+        expired: String,
+    },
+    /// The key is revoked (for any reason, as gpgv and apt see it).
+    #[error("{role} {fingerprint} is revoked ({reason})")]
+    KeyRevoked {
+        /// Primary key or subkey.
+        role: KeyRole,
+        /// Its fingerprint.
+        fingerprint: String,
+        /// The revocation's reason code and text.
+        reason: String,
+    },
+}
+
+fn joined(reasons: &[Refusal]) -> String {
+    let reasons: Vec<String> = reasons.iter().map(ToString::to_string).collect();
+    reasons.join("; ")
 }
 
 /// A set of public keys trusted to sign archive metadata.
@@ -142,7 +263,7 @@ impl Keyring {
     /// a final newline. Succeeds when at least one signature verifies with a
     /// currently acceptable key from this keyring.
     pub fn verify_cleartext(&self, data: &[u8], file: &str) -> Result<String, SignatureError> {
-        let now = SystemTime::now();
+        let now = Timestamp::now();
         let malformed = |reason: String| SignatureError::Malformed {
             file: file.to_string(),
             reason,
@@ -172,9 +293,10 @@ impl Keyring {
                         }
                         return Ok(text);
                     }
-                    Err(reason) => {
-                        reasons.push(format!("key {}: {reason}", candidate_label(&candidate)))
-                    }
+                    Err(reason) => reasons.push(Refusal {
+                        key: candidate_label(&candidate),
+                        reason,
+                    }),
                 }
             }
         }
@@ -237,8 +359,35 @@ fn candidate_label(candidate: &Candidate<'_>) -> String {
     }
 }
 
+fn fingerprint(key: &impl KeyDetails) -> String {
+    format!("{:X}", key.fingerprint())
+}
+
 fn date(timestamp: Timestamp) -> String {
     format_date(SystemTime::from(timestamp))
+}
+
+/// Refuses data signatures over a hash algorithm weaker than SHA-224.
+///
+/// MD5, SHA-1 and RIPEMD-160 are refused (collisions are practical for MD5
+/// and SHA-1): apt's gpgv method treats them as untrusted, whatever gpgv
+/// itself says. Unknown, private and "none" algorithms are refused too.
+/// SHA-224 is accepted, as apt accepts it: RFC 9580 keeps it, and its
+/// 112-bit collision resistance matches RSA-2048, the weakest key size in
+/// use for archives. SHA-3 (which apt does not know) is accepted as being
+/// stronger than SHA-256.
+fn check_hash(algorithm: HashAlgorithm) -> Result<(), Rejection> {
+    match algorithm {
+        HashAlgorithm::Sha224
+        | HashAlgorithm::Sha256
+        | HashAlgorithm::Sha384
+        | HashAlgorithm::Sha512
+        | HashAlgorithm::Sha3_256
+        | HashAlgorithm::Sha3_512 => Ok(()),
+        weak => Err(Rejection::WeakHash {
+            algorithm: weak.to_string(),
+        }),
+    }
 }
 
 /// Checks one signature against one candidate key; the error says why it is
@@ -247,42 +396,54 @@ fn check(
     candidate: &Candidate<'_>,
     signature: &Signature,
     signed: &[u8],
-    now: SystemTime,
-) -> Result<(), String> {
+    now: Timestamp,
+) -> Result<(), Rejection> {
+    // Refused before any cryptography: a weak hash makes the signature
+    // worthless whether or not it verifies.
+    check_hash(signature.hash_alg().unwrap_or(HashAlgorithm::None))?;
     let verified = match candidate {
         Candidate::Primary(key) => signature.verify(&key.primary_key, signed),
         Candidate::Subkey(_, subkey) => signature.verify(&subkey.key, signed),
     };
-    verified.map_err(|error| format!("signature does not verify ({error})"))?;
-
-    let made = signature
-        .created()
-        .ok_or("signature carries no creation time")?;
-    if SystemTime::from(made) > now + CLOCK_SKEW {
-        return Err(format!("signature is dated in the future ({})", date(made)));
-    }
-    if let Some(lifetime) = nonzero(signature.signature_expiration_time()) {
-        let end = made.as_secs().saturating_add(lifetime);
-        if SystemTime::from(Timestamp::from_secs(end)) <= now {
-            return Err(format!(
-                "signature expired on {}",
-                date(Timestamp::from_secs(end))
-            ));
-        }
-    }
+    verified.map_err(|error| Rejection::DoesNotVerify(error.to_string()))?;
+    let made = check_signature_times(signature, now)?;
 
     let key = match candidate {
         Candidate::Primary(key) | Candidate::Subkey(key, _) => *key,
     };
-    let self_signature = primary_valid_at(key, made)?;
-    let flags = match candidate {
-        Candidate::Primary(_) => key_flags(self_signature),
-        Candidate::Subkey(key, subkey) => key_flags(subkey_valid_at(key, subkey, made)?),
+    let self_signature = primary_valid(key, made, now)?;
+    let (role, flags, fingerprint) = match candidate {
+        Candidate::Primary(key) => (
+            KeyRole::Primary,
+            key_flags(self_signature),
+            fingerprint(&key.primary_key),
+        ),
+        Candidate::Subkey(key, subkey) => (
+            KeyRole::Subkey,
+            key_flags(subkey_valid(key, subkey, made, now)?),
+            fingerprint(&subkey.key),
+        ),
     };
     if flags.is_some_and(|flags| !flags.sign()) {
-        return Err("key is not marked for signing".to_string());
+        return Err(Rejection::NotForSigning { role, fingerprint });
     }
     Ok(())
+}
+
+/// Fails unless the signature has a creation time, not in the future, and
+/// has not expired; returns the creation time.
+fn check_signature_times(signature: &Signature, now: Timestamp) -> Result<Timestamp, Rejection> {
+    let made = signature.created().ok_or(Rejection::NoCreationTime)?;
+    if SystemTime::from(made) > SystemTime::from(now) + CLOCK_SKEW {
+        return Err(Rejection::FromTheFuture { made: date(made) });
+    }
+    if let Some(lifetime) = nonzero(signature.signature_expiration_time()) {
+        let end = Timestamp::from_secs(made.as_secs().saturating_add(lifetime));
+        if end <= now {
+            return Err(Rejection::SignatureExpired { expired: date(end) });
+        }
+    }
+    Ok(made)
 }
 
 fn nonzero(duration: Option<pgp::types::Duration>) -> Option<u32> {
@@ -301,36 +462,73 @@ fn key_flags(signature: &Signature) -> Option<KeyFlags> {
         })
 }
 
-/// Whether a valid revocation made at `revoked` takes effect for a signature
-/// made at `made`: a key retired or superseded was fine before that date,
-/// any other reason (compromise, none given) voids it for all time.
-fn revocation_applies(revocation: &Signature, made: Timestamp) -> bool {
-    match revocation.revocation_reason_code() {
-        Some(RevocationCode::KeySuperseded | RevocationCode::KeyRetired) => {
-            revocation.created().is_none_or(|revoked| revoked <= made)
-        }
-        _ => true,
+/// A revocation's reason, for messages: the code, then the revoker's text.
+fn revocation_reason(revocation: &Signature) -> String {
+    let code = match revocation.revocation_reason_code() {
+        None | Some(RevocationCode::NoReason) => "no reason given".to_string(),
+        Some(RevocationCode::KeySuperseded) => "superseded".to_string(),
+        Some(RevocationCode::KeyCompromised) => "compromised".to_string(),
+        Some(RevocationCode::KeyRetired) => "retired".to_string(),
+        Some(other) => format!("reason code {}", u8::from(*other)),
+    };
+    let text = revocation
+        .revocation_reason_string()
+        .map(|text| String::from_utf8_lossy(text).trim().to_string())
+        .unwrap_or_default();
+    if text.is_empty() {
+        code
+    } else {
+        format!("{code}: {text}")
     }
 }
 
-/// Fails unless a key created at `created` whose newest self-signature is
-/// `newest` was alive at `made`.
-fn alive_at(
-    created: Timestamp,
+/// Fails if the key was revoked. Any valid revocation counts, whatever its
+/// reason code and date: a key retired or superseded after it made a
+/// signature is refused too. That is what apt does: gpgv reports such a
+/// signature as `REVKEYSIG` (checked with GnuPG 2.2 for a key revoked as
+/// "retired" after the signature), and apt refuses `REVKEYSIG`.
+fn check_not_revoked<'a>(
+    mut revocations: impl Iterator<Item = &'a Signature>,
+    role: KeyRole,
+    key: &impl KeyDetails,
+) -> Result<(), Rejection> {
+    match revocations.next() {
+        Some(revocation) => Err(Rejection::KeyRevoked {
+            role,
+            fingerprint: fingerprint(key),
+            reason: revocation_reason(revocation),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Fails unless a key whose newest self-signature is `newest` existed when
+/// the signature was `made` and has not expired, neither by then nor by
+/// `now`: as with gpgv and apt, a key that has expired since is refused
+/// even for the signatures it made while it was valid.
+fn check_alive(
+    role: KeyRole,
+    key: &impl KeyDetails,
     newest: &Signature,
     made: Timestamp,
-    what: &str,
-) -> Result<(), String> {
+    now: Timestamp,
+) -> Result<(), Rejection> {
+    let created = key.created_at();
     if created > made {
-        return Err(format!(
-            "{what} was created on {}, after the signature",
-            date(created)
-        ));
+        return Err(Rejection::CreatedAfterSignature {
+            role,
+            fingerprint: fingerprint(key),
+            created: date(created),
+        });
     }
     if let Some(lifetime) = nonzero(newest.key_expiration_time()) {
         let end = Timestamp::from_secs(created.as_secs().saturating_add(lifetime));
-        if end <= made {
-            return Err(format!("{what} expired on {}", date(end)));
+        if end <= made || end <= now {
+            return Err(Rejection::KeyExpired {
+                role,
+                fingerprint: fingerprint(key),
+                expired: date(end),
+            });
         }
     }
     Ok(())
@@ -342,7 +540,7 @@ fn newest<'a>(signatures: impl Iterator<Item = &'a Signature>) -> Option<&'a Sig
 
 /// The primary key's newest valid self-signature (user ID certification or
 /// direct-key signature); it carries the key's current expiry and flags.
-fn primary_self_signature(key: &SignedPublicKey) -> Result<&Signature, String> {
+fn primary_self_signature(key: &SignedPublicKey) -> Result<&Signature, Rejection> {
     let primary = &key.primary_key;
     let certifications = key.details.users.iter().flat_map(|user| {
         user.signatures
@@ -360,46 +558,51 @@ fn primary_self_signature(key: &SignedPublicKey) -> Result<&Signature, String> {
         .direct_signatures
         .iter()
         .filter(|sig| sig.typ() == Some(SignatureType::Key) && sig.verify_key(primary).is_ok());
-    newest(certifications.chain(direct))
-        .ok_or_else(|| "primary key has no valid self-signature".to_string())
+    newest(certifications.chain(direct)).ok_or_else(|| Rejection::NoSelfSignature {
+        fingerprint: fingerprint(primary),
+    })
 }
 
-/// Fails unless the primary key is self-signed, unrevoked and unexpired at
-/// `made`; returns its newest self-signature.
-fn primary_valid_at(key: &SignedPublicKey, made: Timestamp) -> Result<&Signature, String> {
+/// Fails unless the primary key is self-signed, unrevoked, and unexpired
+/// both at `made` and `now`; returns its newest self-signature.
+fn primary_valid(
+    key: &SignedPublicKey,
+    made: Timestamp,
+    now: Timestamp,
+) -> Result<&Signature, Rejection> {
     let primary = &key.primary_key;
-    let revoked = key.details.revocation_signatures.iter().any(|revocation| {
-        revocation.typ() == Some(SignatureType::KeyRevocation)
-            && revocation.verify_key(primary).is_ok()
-            && revocation_applies(revocation, made)
-    });
-    if revoked {
-        return Err("primary key is revoked".to_string());
-    }
+    let revocations = key
+        .details
+        .revocation_signatures
+        .iter()
+        .filter(|revocation| {
+            revocation.typ() == Some(SignatureType::KeyRevocation)
+                && revocation.verify_key(primary).is_ok()
+        });
+    check_not_revoked(revocations, KeyRole::Primary, primary)?;
     let self_signature = primary_self_signature(key)?;
-    alive_at(primary.created_at(), self_signature, made, "primary key")?;
+    check_alive(KeyRole::Primary, primary, self_signature, made, now)?;
     Ok(self_signature)
 }
 
 /// Fails unless the subkey is bound for signing (binding signature with the
-/// sign flag and a valid back-signature), unrevoked and unexpired at `made`;
-/// returns its newest binding signature.
-fn subkey_valid_at<'a>(
+/// sign flag and a valid back-signature), unrevoked, and unexpired both at
+/// `made` and `now`; returns its newest binding signature. Other subkeys of
+/// the same primary key (Debian's keyring holds expired ones) do not matter.
+fn subkey_valid<'a>(
     key: &SignedPublicKey,
     subkey: &'a SignedPublicSubKey,
     made: Timestamp,
-) -> Result<&'a Signature, String> {
+    now: Timestamp,
+) -> Result<&'a Signature, Rejection> {
     let primary = &key.primary_key;
     let verified = |sig: &&Signature| sig.verify_subkey_binding(primary, &subkey.key).is_ok();
-    let revoked = subkey
+    let revocations = subkey
         .signatures
         .iter()
         .filter(|sig| sig.typ() == Some(SignatureType::SubkeyRevocation))
-        .filter(verified)
-        .any(|revocation| revocation_applies(revocation, made));
-    if revoked {
-        return Err("subkey is revoked".to_string());
-    }
+        .filter(verified);
+    check_not_revoked(revocations, KeyRole::Subkey, &subkey.key)?;
     let bindings = subkey
         .signatures
         .iter()
@@ -412,18 +615,20 @@ fn subkey_valid_at<'a>(
                     .is_ok()
             })
         });
-    let binding = newest(bindings).ok_or("subkey has no valid binding signature for signing")?;
-    alive_at(subkey.key.created_at(), binding, made, "subkey")?;
+    let binding = newest(bindings).ok_or_else(|| Rejection::NoSigningBinding {
+        fingerprint: fingerprint(&subkey.key),
+    })?;
+    check_alive(KeyRole::Subkey, &subkey.key, binding, made, now)?;
     Ok(binding)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pgp::composed::{KeyType, SecretKeyParamsBuilder, SignedSecretKey};
+    use pgp::composed::{KeyType, SecretKeyParamsBuilder, SignedSecretKey, SubkeyParamsBuilder};
     use pgp::packet::{SignatureConfig, Subpacket};
     use pgp::ser::Serialize;
-    use pgp::types::Password;
+    use pgp::types::{Password, SigningKey};
 
     /// bookworm's InRelease as the archive published it (test data).
     const DEBIAN_INRELEASE: &str = concat!(
@@ -449,13 +654,28 @@ mod tests {
     }
 
     fn generate(created: Timestamp) -> SignedSecretKey {
+        generate_with(KeyType::Ed25519Legacy, created, false)
+    }
+
+    /// A key of `key_type`, with a signing subkey of the same age if asked.
+    fn generate_with(key_type: KeyType, created: Timestamp, subkey: bool) -> SignedSecretKey {
         let mut params = SecretKeyParamsBuilder::default();
         params
-            .key_type(KeyType::Ed25519Legacy)
+            .key_type(key_type.clone())
             .can_certify(true)
             .can_sign(true)
             .created_at(created)
             .primary_user_id("Test Archive <archive@example.invalid>".into());
+        if subkey {
+            params.subkey(
+                SubkeyParamsBuilder::default()
+                    .key_type(key_type)
+                    .can_sign(true)
+                    .created_at(created)
+                    .build()
+                    .unwrap(),
+            );
+        }
         params
             .build()
             .unwrap()
@@ -474,18 +694,30 @@ mod tests {
     }
 
     fn sign_at(key: &SignedSecretKey, text: &str, created: Timestamp) -> Vec<u8> {
+        sign_with(&key.primary_key, text, created, None)
+    }
+
+    /// Signs `text` with `signer` (a primary key or subkey), with its default
+    /// hash algorithm unless `hash` is given.
+    fn sign_with(
+        signer: &impl SigningKey,
+        text: &str,
+        created: Timestamp,
+        hash: Option<HashAlgorithm>,
+    ) -> Vec<u8> {
         let mut config =
-            SignatureConfig::from_key(rand::thread_rng(), &key.primary_key, SignatureType::Text)
-                .unwrap();
+            SignatureConfig::from_key(rand::thread_rng(), signer, SignatureType::Text).unwrap();
+        if let Some(hash) = hash {
+            config.hash_alg = hash;
+        }
         config.hashed_subpackets = vec![
             Subpacket::regular(SubpacketData::SignatureCreationTime(created)).unwrap(),
-            Subpacket::regular(SubpacketData::IssuerFingerprint(key.fingerprint())).unwrap(),
+            Subpacket::regular(SubpacketData::IssuerFingerprint(signer.fingerprint())).unwrap(),
         ];
         config.unhashed_subpackets =
-            vec![Subpacket::regular(SubpacketData::IssuerKeyId(key.legacy_key_id())).unwrap()];
+            vec![Subpacket::regular(SubpacketData::IssuerKeyId(signer.legacy_key_id())).unwrap()];
         let message =
-            CleartextSignedMessage::new(text, config, &key.primary_key, &Password::empty())
-                .unwrap();
+            CleartextSignedMessage::new(text, config, signer, &Password::empty()).unwrap();
         message.to_armored_bytes(Default::default()).unwrap()
     }
 
@@ -665,63 +897,203 @@ mod tests {
         Keyring::from_bytes(&bytes, Path::new("test.gpg")).unwrap()
     }
 
+    /// Adds a key-expiration self-signature (made now) to `key`: it expires
+    /// `lifetime` seconds after its creation.
+    fn expiring(key: &SignedSecretKey, lifetime: u32) -> SignedPublicKey {
+        let now = Timestamp::from_secs(Timestamp::now().as_secs() + 5);
+        add_direct(
+            key,
+            SignatureType::Key,
+            now,
+            SubpacketData::KeyExpirationTime(pgp::types::Duration::from_secs(lifetime)),
+        )
+    }
+
     #[test]
-    fn expired_key_is_rejected_but_earlier_signatures_stand() {
+    fn key_expired_now_fails_even_for_signatures_made_while_it_was_valid() {
         // Created two hours ago, valid for one hour (stated by a self-signature
         // newer than the user ID's).
-        let key = generate(ago(7200));
-        let later = Timestamp::from_secs(Timestamp::now().as_secs() + 5);
-        let expiring = add_direct(
-            &key,
-            SignatureType::Key,
-            later,
-            SubpacketData::KeyExpirationTime(pgp::types::Duration::from_secs(3600)),
-        );
-        let keyring = keyring_from_public(&expiring);
+        let created = ago(7200);
+        let key = generate(created);
+        let keyring = keyring_from_public(&expiring(&key, 3600));
+        let expired = date(Timestamp::from_secs(created.as_secs() + 3600));
+        let expected = format!("primary key {:X} expired on {expired}", key.fingerprint());
+        for made in [ago(10), ago(5400)] {
+            let error = keyring
+                .verify_cleartext(&sign_at(&key, TEXT, made), "InRelease")
+                .unwrap_err();
+            let SignatureError::BadSignature { reasons, .. } = &error else {
+                panic!("{error}");
+            };
+            assert!(
+                matches!(
+                    reasons[..],
+                    [Refusal {
+                        reason: Rejection::KeyExpired {
+                            role: KeyRole::Primary,
+                            ..
+                        },
+                        ..
+                    }]
+                ),
+                "{error}"
+            );
+            assert!(error.to_string().contains(&expected), "{error}");
+        }
 
-        let error = keyring
-            .verify_cleartext(&sign_at(&key, TEXT, ago(10)), "InRelease")
-            .unwrap_err();
-        assert!(error.to_string().contains("primary key expired"), "{error}");
+        // Still valid for an hour: accepted.
+        let keyring = keyring_from_public(&expiring(&key, 3 * 3600));
         assert_eq!(
             keyring
-                .verify_cleartext(&sign_at(&key, TEXT, ago(5400)), "InRelease")
+                .verify_cleartext(&sign_at(&key, TEXT, ago(10)), "InRelease")
+                .unwrap(),
+            TEXT
+        );
+    }
+
+    /// Adds to the first subkey of `key` a binding signature, newer than the
+    /// generated one, that lets the subkey expire `lifetime` seconds after its
+    /// creation.
+    fn expire_subkey(key: &SignedSecretKey, lifetime: u32) -> SignedPublicKey {
+        let mut public = SignedPublicKey::from(key.clone());
+        let subkey = &mut public.public_subkeys[0];
+        let back = subkey.signatures[0].embedded_signature().unwrap().clone();
+        let mut flags = KeyFlags::default();
+        flags.set_sign(true);
+        let mut config = SignatureConfig::from_key(
+            rand::thread_rng(),
+            &key.primary_key,
+            SignatureType::SubkeyBinding,
+        )
+        .unwrap();
+        let later = Timestamp::from_secs(Timestamp::now().as_secs() + 5);
+        config.hashed_subpackets = vec![
+            Subpacket::regular(SubpacketData::SignatureCreationTime(later)).unwrap(),
+            Subpacket::regular(SubpacketData::IssuerFingerprint(key.fingerprint())).unwrap(),
+            Subpacket::regular(SubpacketData::KeyFlags(flags)).unwrap(),
+            Subpacket::regular(SubpacketData::KeyExpirationTime(
+                pgp::types::Duration::from_secs(lifetime),
+            ))
+            .unwrap(),
+        ];
+        config.unhashed_subpackets =
+            vec![Subpacket::regular(SubpacketData::EmbeddedSignature(Box::new(back))).unwrap()];
+        let binding = config
+            .sign_subkey_binding(
+                &key.primary_key,
+                key.primary_key.public_key(),
+                &Password::empty(),
+                &subkey.key,
+            )
+            .unwrap();
+        subkey.signatures.push(binding);
+        public
+    }
+
+    #[test]
+    fn only_the_signing_key_must_be_unexpired() {
+        let key = generate_with(KeyType::Ed25519Legacy, ago(7200), true);
+        let subkey = &key.secret_subkeys[0].key;
+        let keyring = keyring_from_public(&expire_subkey(&key, 3600));
+
+        // The subkey expired an hour ago: its signatures (even older) fail.
+        let error = keyring
+            .verify_cleartext(&sign_with(subkey, TEXT, ago(5400), None), "InRelease")
+            .unwrap_err();
+        let expected = format!("subkey {:X} expired on ", subkey.fingerprint());
+        assert!(error.to_string().contains(&expected), "{error}");
+
+        // The primary key is valid: an expired subkey beside it does not matter.
+        assert_eq!(
+            keyring
+                .verify_cleartext(&sign_at(&key, TEXT, ago(10)), "InRelease")
+                .unwrap(),
+            TEXT
+        );
+
+        // Unexpired, the subkey's signatures stand.
+        let keyring = keyring_from_public(&expire_subkey(&key, 3 * 3600));
+        assert_eq!(
+            keyring
+                .verify_cleartext(&sign_with(subkey, TEXT, ago(10), None), "InRelease")
                 .unwrap(),
             TEXT
         );
     }
 
     #[test]
-    fn revoked_key_is_rejected() {
+    fn revoked_key_is_rejected_whatever_the_reason() {
         let key = generate(ago(7200));
-        let compromised = add_direct(
-            &key,
-            SignatureType::KeyRevocation,
-            ago(60),
-            SubpacketData::RevocationReason(RevocationCode::KeyCompromised, "stolen".into()),
-        );
-        let error = keyring_from_public(&compromised)
-            .verify_cleartext(&sign_at(&key, TEXT, ago(3600)), "InRelease")
-            .unwrap_err();
-        assert!(error.to_string().contains("revoked"), "{error}");
-
-        // Retired an hour ago: signatures made before that still count.
-        let retired = add_direct(
-            &key,
-            SignatureType::KeyRevocation,
-            ago(3600),
-            SubpacketData::RevocationReason(RevocationCode::KeyRetired, "old".into()),
-        );
-        let keyring = keyring_from_public(&retired);
-        assert!(
-            keyring
+        let revocations = [
+            (RevocationCode::KeyCompromised, "compromised: stolen"),
+            (RevocationCode::KeyRetired, "retired: old"),
+            (RevocationCode::KeySuperseded, "superseded: old"),
+            (RevocationCode::NoReason, "no reason given: old"),
+        ];
+        for (code, reason) in revocations {
+            let text = reason.split_once(": ").unwrap().1;
+            // Revoked an hour ago; the signature was made before that. gpgv
+            // reports REVKEYSIG (even for "retired"), which apt refuses.
+            let revoked = add_direct(
+                &key,
+                SignatureType::KeyRevocation,
+                ago(3600),
+                SubpacketData::RevocationReason(code, text.into()),
+            );
+            let error = keyring_from_public(&revoked)
                 .verify_cleartext(&sign_at(&key, TEXT, ago(5400)), "InRelease")
-                .is_ok()
-        );
-        assert!(
-            keyring
-                .verify_cleartext(&sign_at(&key, TEXT, ago(60)), "InRelease")
-                .is_err()
+                .unwrap_err();
+            let expected = format!("primary key {:X} is revoked ({reason})", key.fingerprint());
+            assert!(error.to_string().contains(&expected), "{error}");
+        }
+    }
+
+    #[test]
+    fn hash_algorithms_weaker_than_sha224_are_refused() {
+        for weak in [
+            HashAlgorithm::None,
+            HashAlgorithm::Md5,
+            HashAlgorithm::Sha1,
+            HashAlgorithm::Ripemd160,
+            HashAlgorithm::Private10,
+            HashAlgorithm::Other(200),
+        ] {
+            let error = check_hash(weak).unwrap_err();
+            assert_eq!(
+                error,
+                Rejection::WeakHash {
+                    algorithm: weak.to_string()
+                }
+            );
+        }
+        for strong in [
+            HashAlgorithm::Sha224,
+            HashAlgorithm::Sha256,
+            HashAlgorithm::Sha384,
+            HashAlgorithm::Sha512,
+            HashAlgorithm::Sha3_256,
+            HashAlgorithm::Sha3_512,
+        ] {
+            assert_eq!(check_hash(strong), Ok(()), "{strong}");
+        }
+    }
+
+    #[test]
+    fn sha1_and_md5_signatures_are_refused() {
+        // EdDSA refuses digests shorter than 256 bits, so the weak
+        // signatures are made with an RSA key.
+        let key = generate_with(KeyType::Rsa(2048), ago(3600), false);
+        let keyring = keyring_of(&[&key]);
+        for (hash, name) in [(HashAlgorithm::Sha1, "SHA1"), (HashAlgorithm::Md5, "MD5")] {
+            let signed = sign_with(&key.primary_key, TEXT, ago(10), Some(hash));
+            let error = keyring.verify_cleartext(&signed, "InRelease").unwrap_err();
+            let expected = format!("signature uses the hash algorithm {name}, which is refused");
+            assert!(error.to_string().contains(&expected), "{error}");
+        }
+        let signed = sign_with(&key.primary_key, TEXT, ago(10), Some(HashAlgorithm::Sha256));
+        assert_eq!(
+            keyring.verify_cleartext(&signed, "InRelease").unwrap(),
+            TEXT
         );
     }
 
