@@ -2,7 +2,8 @@
 //! profile, resolves its packages against verified mirrors
 //! (`applbuild-repo`, `applbuild-deb`), assembles the root file system
 //! (`applbuild-rootfs`), writes the image files (`applbuild-image`) and boots
-//! them (`applbuild-vm`). See `docs/architecture.md` for the data flow.
+//! them (`applbuild-vm`); `sources` fetches the image's source packages.
+//! See `docs/architecture.md` for the data flow.
 
 pub mod boot;
 pub mod lockfile;
@@ -10,4 +11,5 @@ pub mod pipeline;
 pub mod profile;
 pub mod sbom;
 pub mod services;
+pub mod sources;
 pub mod update;

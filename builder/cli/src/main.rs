@@ -26,6 +26,7 @@ use applbuild_vm::{machine, process};
 ///   applbuild list                      # the profiles
 ///   applbuild show hypervisor           # the profile after `extends`, and its packages
 ///   applbuild build storage hypervisor  # out/storage/, out/hypervisor/
+///   applbuild sources hypervisor        # its source packages: out/hypervisor/sources/
 ///   applbuild boot storage              # serial console on this terminal (Ctrl-a x quits)
 ///   applbuild boot storage --check      # headless: boot, health checks, power off
 #[derive(Parser)]
@@ -82,6 +83,38 @@ enum Command {
         #[command(flatten)]
         build: BuildArgs,
         /// Print a JSON report on standard output instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Download the verified source packages of an image: out/<profile>/sources/.
+    ///
+    /// What shipping the image's GPL and LGPL code obliges you to offer: for
+    /// every binary package of the image (the set `build` resolves, following
+    /// applbuild.lock; with --locked a difference is an error) its source
+    /// package, as the Packages index's `Source` field names it (a binNMU's
+    /// source keeps its own version). Each suite's Sources index is verified
+    /// like Packages (keyring, InRelease signature, Release SHA256), and each
+    /// .dsc, .orig.tar.* and .debian.tar.* against the SHA256 and size the
+    /// index gives, through the download cache. A source package no suite
+    /// lists (the mirrors keep only current versions; --suite-mirror can
+    /// point a suite at a snapshot mirror), or a file that fails its check,
+    /// is an error naming it, and the previous folder stays. The folder also
+    /// holds SHA256SUMS (for `sha256sum -c`) and sources.txt (each source
+    /// package with its version, suite and binary packages).
+    ///
+    /// `build` replaces out/<profile>/ and with it sources/: run this after
+    /// building. Example:
+    ///   applbuild build hypervisor && applbuild sources hypervisor
+    ///   (cd out/hypervisor/sources && sha256sum -c SHA256SUMS)
+    ///   applbuild sources storage hypervisor --json   # summary for CI
+    #[command(verbatim_doc_comment)]
+    Sources {
+        /// Profiles whose sources to fetch, in order.
+        #[arg(required = true, value_name = "PROFILE")]
+        profiles: Vec<String>,
+        #[command(flatten)]
+        build: BuildArgs,
+        /// Print a JSON summary on standard output instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -269,6 +302,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             build,
             json,
         } => run_update(&project, &profiles, &build, dry_run, json),
+        Command::Sources {
+            profiles,
+            build,
+            json,
+        } => fetch_sources(&project, &profiles, &build, json),
         Command::List { json } => list_profiles(&project, json),
         Command::Show {
             profile,
@@ -321,6 +359,42 @@ fn build_profiles(
             .with_context(|| format!("building profile `{name}`"))?;
         if !json {
             print_build(&report);
+        }
+        reports.push(report);
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `applbuild sources`: each profile's source packages, then a summary.
+fn fetch_sources(
+    project: &Project,
+    profiles: &[String],
+    build: &BuildArgs,
+    json: bool,
+) -> Result<ExitCode> {
+    let options = build_options(project, build, json);
+    let overrides = suite_overrides(build);
+    let mut reports = Vec::new();
+    for name in profiles {
+        let report = applbuild::sources::fetch_sources(project, name, &options, &overrides)
+            .with_context(|| format!("fetching the sources of profile `{name}`"))?;
+        if !json {
+            println!(
+                "{}: {} source packages, {} files, {:.1} MiB ({} downloaded, {} from cache)",
+                report.profile,
+                report.sources.len(),
+                report.files,
+                report.bytes as f64 / 1048576.0,
+                report.downloaded,
+                report.files - report.downloaded,
+            );
+            println!("  {}", report.out_dir.display());
+            for change in &report.lock_changes {
+                println!("  lock: {change}");
+            }
         }
         reports.push(report);
     }

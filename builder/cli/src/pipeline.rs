@@ -120,6 +120,34 @@ pub enum BuildError {
     /// Writing the SBOM or the licence list failed.
     #[error(transparent)]
     Sbom(#[from] applbuild_image::sbom::SbomError),
+    /// Fetching or verifying a `Sources` index or a source package failed
+    /// (boxed: the error is large).
+    #[error(transparent)]
+    Sources(Box<applbuild_repo::sources::SourcesError>),
+    /// A source package of the image is in no suite's `Sources` index.
+    #[error(
+        "source package {name} {version} (of {binaries}) is in no Sources index of {suites}; a mirror that keeps old versions (a snapshot mirror, with --suite-mirror) may have it"
+    )]
+    SourceNotInIndex {
+        /// Source package name.
+        name: String,
+        /// Its version.
+        version: String,
+        /// The image's binary packages built from it, comma-separated.
+        binaries: String,
+        /// The suites searched, comma-separated.
+        suites: String,
+    },
+    /// Two source packages list one file name with different contents.
+    #[error("source file {file} of {second} differs from the file of that name of {first}")]
+    SourceFileConflict {
+        /// The file name.
+        file: String,
+        /// The source package (name and version) listed first.
+        first: String,
+        /// The other one.
+        second: String,
+    },
     /// Writing an output file failed.
     #[error("cannot write {path}: {source}")]
     Output {
@@ -130,7 +158,13 @@ pub enum BuildError {
     },
 }
 
-fn output_error(path: &Path) -> impl FnOnce(std::io::Error) -> BuildError + '_ {
+impl From<applbuild_repo::sources::SourcesError> for BuildError {
+    fn from(error: applbuild_repo::sources::SourcesError) -> Self {
+        Self::Sources(Box::new(error))
+    }
+}
+
+pub(crate) fn output_error(path: &Path) -> impl FnOnce(std::io::Error) -> BuildError + '_ {
     move |source| BuildError::Output {
         path: path.to_path_buf(),
         source,
@@ -318,13 +352,13 @@ pub struct ResolvedSet {
 /// here), and the repository and cache the packages come from.
 pub(crate) struct Resolved {
     pub(crate) records: Vec<PackageRecord>,
-    lock_changes: Vec<String>,
+    pub(crate) lock_changes: Vec<String>,
     pub(crate) newer_versions: Vec<resolver::NewerVersion>,
     /// `applbuild.lock` as read before resolving; `None` when there is none.
     pub(crate) lock: Option<Lockfile>,
     /// One per suite, in priority order.
-    repositories: Vec<Repository>,
-    cache: Cache,
+    pub(crate) repositories: Vec<Repository>,
+    pub(crate) cache: Cache,
     pub(crate) mirror_source: String,
 }
 
@@ -1150,7 +1184,7 @@ fn segment_plan(modules_dir: &str) -> SegmentPlan {
 }
 
 /// A fresh folder beside the output, so the final rename stays on one file system.
-fn staging_dir(out_dir: &Path, name: &str) -> Result<tempfile::TempDir, BuildError> {
+pub(crate) fn staging_dir(out_dir: &Path, name: &str) -> Result<tempfile::TempDir, BuildError> {
     std::fs::create_dir_all(out_dir).map_err(output_error(out_dir))?;
     tempfile::Builder::new()
         .prefix(&format!(".{name}.building-"))
@@ -1158,9 +1192,10 @@ fn staging_dir(out_dir: &Path, name: &str) -> Result<tempfile::TempDir, BuildErr
         .map_err(output_error(out_dir))
 }
 
-/// Swaps the finished staging folder in; the old output is removed only
-/// after the new one is in place. A `run/` folder of `applbuild boot` is kept.
-fn replace_dir(staging: tempfile::TempDir, image_dir: &Path) -> Result<(), BuildError> {
+/// Swaps the finished staging folder in at `image_dir` (an image's folder,
+/// or its `sources/`); the old output is removed only after the new one is
+/// in place. A `run/` folder of `applbuild boot` is kept.
+pub(crate) fn replace_dir(staging: tempfile::TempDir, image_dir: &Path) -> Result<(), BuildError> {
     let staging = staging.keep();
     let old_run = image_dir.join("run");
     if old_run.is_dir() {

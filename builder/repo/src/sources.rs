@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use crate::cache::{Cache, InsertError};
+use crate::cache::{Cache, CacheError, InsertError};
 use crate::repository::{INRELEASE_LIMIT, Repository, RepositoryError, decompress};
 use crate::signature::Keyring;
 use crate::transport::Transport;
@@ -50,6 +50,32 @@ pub enum SourcesError {
         version: String,
         /// The suite searched.
         suite: String,
+    },
+    /// A file of a source package did not have the size or SHA256 that the
+    /// `Sources` index gives. Here and in `FileFetch` the cause is part of
+    /// the message, not an error source, so a printed chain says it once.
+    #[error("source package {package} {version}: {url}: {mismatch}")]
+    FileMismatch {
+        /// Source package name.
+        package: String,
+        /// Its version.
+        version: String,
+        /// The file's URL.
+        url: String,
+        /// The size or hash mismatch (boxed, as in `FileFetch`: the error
+        /// stays small).
+        mismatch: Box<CacheError>,
+    },
+    /// A file of a source package could not be fetched (download failure,
+    /// or `--offline` and not in the cache).
+    #[error("source package {package} {version}: {failure}")]
+    FileFetch {
+        /// Source package name.
+        package: String,
+        /// Its version.
+        version: String,
+        /// Why (boxed: a `RepositoryError` is large).
+        failure: Box<RepositoryError>,
     },
     /// A verified file could not be placed in the destination folder.
     #[error("cannot write {path}: {source}")]
@@ -330,7 +356,8 @@ pub fn download_sources(
                 &url,
                 (&file.sha256, file.size),
                 &task,
-            )?;
+            )
+            .map_err(|error| file_error(package, error))?;
             let target = destination.join(&file.name);
             std::fs::copy(&blob, &target).map_err(write_error(&target))?;
             written.push(target);
@@ -340,6 +367,24 @@ pub fn download_sources(
     written.sort();
     written.dedup();
     Ok(written)
+}
+
+/// `error` of fetching a file of `package`, naming the package.
+fn file_error(package: &SourcePackage, error: RepositoryError) -> SourcesError {
+    let (name, version) = (package.name.clone(), package.version.clone());
+    match error {
+        RepositoryError::IndexDownload { url, source } => SourcesError::FileMismatch {
+            package: name,
+            version,
+            url,
+            mismatch: Box::new(source),
+        },
+        failure => SourcesError::FileFetch {
+            package: name,
+            version,
+            failure: Box::new(failure),
+        },
+    }
 }
 
 #[cfg(test)]
@@ -481,6 +526,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("zlib_1.2.13.dfsg.orig.tar.gz"), "{error}");
+        assert!(
+            error.starts_with("source package zlib 1:1.2.13.dfsg-1: ") && error.contains("SHA256"),
+            "{error}"
+        );
         assert!(!out.join("zlib_1.2.13.dfsg.orig.tar.gz").exists());
     }
 

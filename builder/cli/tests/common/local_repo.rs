@@ -4,11 +4,14 @@
 //! [`LocalRepo::create`] writes real `.deb` files (ar archive with
 //! `debian-binary`, `control.tar.xz`, `data.tar.xz`), the
 //! `dists/<suite>/main/binary-amd64/Packages{,.xz}` index (also under
-//! `by-hash/SHA256/`), a `Release` with SHA256 lines, an `InRelease`
+//! `by-hash/SHA256/`), the `main/source/Sources{,.xz}` index of the
+//! [`FakeSource`]s given to [`LocalRepo::publish_with_sources`] (empty
+//! otherwise), a `Release` with SHA256 lines, an `InRelease`
 //! cleartext-signed with a freshly generated ed25519 key, and (beside the
 //! archive) `keyring.gpg` holding that key's public half. Pass
 //! [`LocalRepo::url`] as the mirror and [`LocalRepo::keyring`] as the
 //! keyring. Tampering helpers: [`LocalRepo::corrupt_deb`],
+//! [`LocalRepo::corrupt_source_file`],
 //! [`LocalRepo::resign_with_other_key`], [`LocalRepo::set_release_field`];
 //! [`LocalRepo::publish`] replaces the contents (same key).
 //!
@@ -69,6 +72,9 @@ pub struct FakePackage {
     pub provides: String,
     /// `Essential: yes`.
     pub essential: bool,
+    /// `Source` value, e.g. `glibc (2.36-9)`; empty for none (the source
+    /// package has the binary's name and version).
+    pub source: String,
     /// The files of `data.tar.xz`.
     pub files: Vec<FakeFile>,
 }
@@ -92,6 +98,12 @@ impl FakePackage {
     /// Sets `Provides`.
     pub fn provides(mut self, provides: &str) -> Self {
         self.provides = provides.to_string();
+        self
+    }
+
+    /// Sets `Source`, e.g. `glibc` or `glibc (2.36-9)` (a binNMU).
+    pub fn source(mut self, source: &str) -> Self {
+        self.source = source.to_string();
         self
     }
 
@@ -134,6 +146,84 @@ impl FakePackage {
             version
         )
     }
+}
+
+/// A source package to publish: a `.dsc` and the tarballs it lists, with
+/// contents made from the name and version (so two versions of one
+/// upstream release share their `.orig.tar.xz`, as in Debian). A version
+/// with a Debian revision (`1.0-1`) gets `<name>_<upstream>.orig.tar.xz`
+/// and `<name>_<version>.debian.tar.xz`, a native one (`1.0`)
+/// `<name>_<version>.tar.xz`; file names leave the epoch out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FakeSource {
+    /// Source package name.
+    pub name: String,
+    /// Version, optionally with an epoch.
+    pub version: String,
+}
+
+impl FakeSource {
+    /// The source package `name` at `version`.
+    pub fn new(name: &str, version: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            version: version.to_string(),
+        }
+    }
+
+    /// Folder of its files below the archive root, e.g. `pool/main/g/glibc`.
+    pub fn directory(&self) -> String {
+        format!("pool/main/{}/{}", &self.name[..1], self.name)
+    }
+
+    /// Its files as (name, contents), the `.dsc` first.
+    pub fn files(&self) -> Vec<(String, Vec<u8>)> {
+        let version = self
+            .version
+            .split_once(':')
+            .map_or(self.version.as_str(), |(_, v)| v);
+        let tarball = |name: String, what: &str| {
+            let contents = xz(format!("{what} of {name}\n").as_bytes());
+            (name, contents)
+        };
+        let tarballs = match version.rsplit_once('-') {
+            Some((upstream, _)) => vec![
+                tarball(format!("{}_{upstream}.orig.tar.xz", self.name), "upstream"),
+                tarball(format!("{}_{version}.debian.tar.xz", self.name), "debian"),
+            ],
+            None => vec![tarball(format!("{}_{version}.tar.xz", self.name), "native")],
+        };
+        let dsc = format!(
+            "Format: 3.0 (quilt)\nSource: {}\nVersion: {}\nChecksums-Sha256:\n{}",
+            self.name,
+            self.version,
+            checksum_lines(&tarballs)
+        );
+        let mut files = vec![(format!("{}_{version}.dsc", self.name), dsc.into_bytes())];
+        files.extend(tarballs);
+        files
+    }
+
+    /// Its stanza of the `Sources` index.
+    fn stanza(&self) -> String {
+        format!(
+            "Package: {}\nBinary: {}\nVersion: {}\nMaintainer: Test <test@example.invalid>\n\
+             Format: 3.0 (quilt)\nDirectory: {}\nChecksums-Sha256:\n{}\n",
+            self.name,
+            self.name,
+            self.version,
+            self.directory(),
+            checksum_lines(&self.files())
+        )
+    }
+}
+
+/// ` <sha256> <size> <name>` lines, as `.dsc` and `Sources` list files.
+fn checksum_lines(files: &[(String, Vec<u8>)]) -> String {
+    files
+        .iter()
+        .map(|(name, data)| format!(" {} {} {name}\n", sha256(data), data.len()))
+        .collect()
 }
 
 /// A published local archive; see the module documentation.
@@ -190,53 +280,35 @@ impl LocalRepo {
 
     /// Replaces the archive's contents with `packages` (new `.deb` files,
     /// indexes, Release, InRelease), signed with the same key; old pool
-    /// files stay, as on a real mirror.
+    /// files stay, as on a real mirror. The `Sources` index is empty.
     pub fn publish(&self, packages: &[FakePackage]) {
+        self.publish_with_sources(packages, &[]);
+    }
+
+    /// [`LocalRepo::publish`], with `sources` in the `Sources` index and
+    /// their files in the pool.
+    pub fn publish_with_sources(&self, packages: &[FakePackage], sources: &[FakeSource]) {
         let mut index = String::new();
         for package in packages {
             let deb = build_deb(package);
             let pool_path = package.pool_path();
             write_file(&self.root.join(&pool_path), &deb);
-            index.push_str(&format!(
-                "Package: {}\nVersion: {}\nArchitecture: amd64\n",
-                package.name, package.version
-            ));
-            if package.essential {
-                index.push_str("Essential: yes\n");
+            index.push_str(&packages_stanza(package, &pool_path, &deb));
+        }
+        let mut source_index = String::new();
+        for source in sources {
+            for (name, data) in source.files() {
+                write_file(&self.root.join(source.directory()).join(name), &data);
             }
-            index.push_str("Priority: optional\nSection: misc\nInstalled-Size: 1\nMaintainer: Test <test@example.invalid>\n");
-            for (field, value) in [
-                ("Depends", &package.depends),
-                ("Provides", &package.provides),
-            ] {
-                if !value.is_empty() {
-                    index.push_str(&format!("{field}: {value}\n"));
-                }
-            }
-            index.push_str(&format!(
-                "Filename: {pool_path}\nSize: {}\nSHA256: {}\nDescription: test package {}\n\n",
-                deb.len(),
-                sha256(&deb),
-                package.name
-            ));
+            source_index.push_str(&source.stanza());
         }
 
         let dists = self.root.join("dists").join(&self.suite);
-        let binary = dists.join("main/binary-amd64");
-        let compressed = xz(index.as_bytes());
-        let mut sha_lines = String::new();
-        for (name, data) in [
-            ("Packages", index.as_bytes()),
-            ("Packages.xz", compressed.as_slice()),
-        ] {
-            write_file(&binary.join(name), data);
-            write_file(&binary.join("by-hash/SHA256").join(sha256(data)), data);
-            sha_lines.push_str(&format!(
-                " {} {:>8} main/binary-amd64/{name}\n",
-                sha256(data),
-                data.len()
-            ));
-        }
+        let sha_lines = [
+            write_index(&dists, "main/binary-amd64/Packages", &index),
+            write_index(&dists, "main/source/Sources", &source_index),
+        ]
+        .concat();
         let release = format!(
             "Origin: applbuild-test\nLabel: applbuild-test\nSuite: {suite}\nCodename: {suite}\n\
              Date: {date}\nAcquire-By-Hash: yes\nArchitectures: amd64\nComponents: main\n\
@@ -246,6 +318,25 @@ impl LocalRepo {
         );
         write_file(&dists.join("Release"), release.as_bytes());
         self.sign_release(&self.key);
+    }
+
+    /// Path of a published source package file, e.g. `glibc_2.36.orig.tar.xz`
+    /// (in the pool folder of the source package its name starts with).
+    pub fn source_file_path(&self, file: &str) -> PathBuf {
+        let package = file.split('_').next().expect("file name");
+        self.root
+            .join(FakeSource::new(package, "0").directory())
+            .join(file)
+    }
+
+    /// Changes one byte in the middle of a published source package file,
+    /// keeping its size and leaving the `Sources` index as it is.
+    pub fn corrupt_source_file(&self, file: &str) {
+        let path = self.source_file_path(file);
+        let mut data = fs::read(&path).expect("read source file");
+        let middle = data.len() / 2;
+        data[middle] ^= 0xff;
+        fs::write(&path, data).expect("write source file");
     }
 
     /// Path of `name`'s `.deb` in the pool (the first one published under that name).
@@ -344,6 +435,58 @@ fn sha256(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
 
+/// The `Packages` stanza of `package`, whose `.deb` is `deb` at `pool_path`.
+fn packages_stanza(package: &FakePackage, pool_path: &str, deb: &[u8]) -> String {
+    let mut stanza = format!(
+        "Package: {}\nVersion: {}\nArchitecture: amd64\n",
+        package.name, package.version
+    );
+    if package.essential {
+        stanza.push_str("Essential: yes\n");
+    }
+    stanza.push_str(
+        "Priority: optional\nSection: misc\nInstalled-Size: 1\nMaintainer: Test <test@example.invalid>\n",
+    );
+    for (field, value) in [
+        ("Source", &package.source),
+        ("Depends", &package.depends),
+        ("Provides", &package.provides),
+    ] {
+        if !value.is_empty() {
+            stanza.push_str(&format!("{field}: {value}\n"));
+        }
+    }
+    stanza.push_str(&format!(
+        "Filename: {pool_path}\nSize: {}\nSHA256: {}\nDescription: test package {}\n\n",
+        deb.len(),
+        sha256(deb),
+        package.name
+    ));
+    stanza
+}
+
+/// Writes the index `text` as `dists/<suite>/<path>` and `<path>.xz` (each
+/// also under `by-hash/SHA256/`) and returns their Release SHA256 lines.
+fn write_index(dists: &Path, path: &str, text: &str) -> String {
+    let (folder, name) = path.rsplit_once('/').expect("index path has a folder");
+    let compressed = xz(text.as_bytes());
+    let mut sha_lines = String::new();
+    for (file, data) in [
+        (name.to_string(), text.as_bytes()),
+        (format!("{name}.xz"), compressed.as_slice()),
+    ] {
+        let dir = dists.join(folder);
+        write_file(&dir.join(&file), data);
+        write_file(&dir.join("by-hash/SHA256").join(sha256(data)), data);
+        sha_lines.push_str(&format!(
+            " {} {:>8} {folder}/{file}\n",
+            sha256(data),
+            data.len()
+        ));
+    }
+    sha_lines
+}
+
 fn xz(data: &[u8]) -> Vec<u8> {
     let mut encoder = liblzma::write::XzEncoder::new(Vec::new(), 6);
     encoder.write_all(data).expect("xz compress");
@@ -421,6 +564,7 @@ fn control_tar(package: &FakePackage) -> Vec<u8> {
         control.push_str("Essential: yes\n");
     }
     for (field, value) in [
+        ("Source", &package.source),
         ("Depends", &package.depends),
         ("Provides", &package.provides),
     ] {
