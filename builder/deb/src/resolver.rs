@@ -1017,14 +1017,15 @@ mod tests {
         assert_eq!(names(&forward), ["app=1", "gawk=1", "lib=2", "x=1", "y=1"]);
     }
 
-    /// Resolves the hypervisor roots against bookworm main's Packages file
-    /// (50 MB, not kept in the repository; the QEMU boot tests resolve the
-    /// real profiles on every run).
+    /// Resolves the hypervisor roots against bookworm main's Packages index
+    /// (50 MB, not kept in the repository), as the image builds of
+    /// `scripts/test` left it in applbuild's cache.
     #[test]
-    #[ignore = "needs bookworm main's uncompressed Packages file at /tmp/Packages"]
     fn real_bookworm_hypervisor_closure() {
-        let path = std::path::Path::new("/tmp/Packages");
-        let text = std::fs::read_to_string(path).unwrap();
+        let Some(text) = applbuild_testdata::or_skip(applbuild_testdata::bookworm_packages())
+        else {
+            return;
+        };
         let index = PackageIndex::parse(&text).unwrap();
         let request = ResolveRequest {
             roots: "linux-image-amd64 busybox open-iscsi multipath-tools qemu-system-x86 iproute2 kmod udev"

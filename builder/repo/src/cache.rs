@@ -306,6 +306,21 @@ mod tests {
         hex::encode(Sha256::digest(data))
     }
 
+    /// The tests that read real bookworm data (applbuild-testdata) look
+    /// where builds store it.
+    #[test]
+    fn test_data_is_looked_for_where_builds_store_it() {
+        assert_eq!(applbuild_testdata::cache_root(), Cache::default_root());
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let digest = sha(b"x");
+        assert_eq!(
+            cache.blob_path(&digest).unwrap(),
+            dir.path().join("blobs/sha256").join(&digest)
+        );
+        assert_eq!(cache.latest_dir(), dir.path().join("latest"));
+    }
+
     #[test]
     fn cache_folder_is_private_and_stale_temporaries_are_swept() {
         use std::os::unix::fs::PermissionsExt;

@@ -1118,11 +1118,22 @@ pub(crate) mod tests {
         assert!(matches!(error, DebError::BadCacheKey { .. }));
     }
 
+    /// The hypervisor's kernel package, from applbuild's cache.
     #[test]
-    #[ignore = "needs the real kernel package at /tmp/kernel.deb (see kernel_modules tests)"]
     fn real_kernel_package_unpacks() {
-        let deb = DebArchive::open("/tmp/kernel.deb").unwrap();
-        assert!(deb.control().unwrap().contains("Package: linux-image-"));
+        let Some(kernel) = applbuild_testdata::or_skip(applbuild_testdata::kernel_deb()) else {
+            return;
+        };
+        let deb = DebArchive::open(&kernel.path).unwrap();
+        let control = deb.control().unwrap();
+        assert!(
+            control.contains(&format!("Package: {}\n", kernel.name)),
+            "{control}"
+        );
+        assert!(
+            control.contains(&format!("Version: {}\n", kernel.version)),
+            "{control}"
+        );
         let mut modules = 0;
         deb.for_each_data_entry(|entry| {
             if entry.path.ends_with(".ko") {
