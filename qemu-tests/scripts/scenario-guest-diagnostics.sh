@@ -1,13 +1,18 @@
 #!/bin/sh
 # scenario-guest-diagnostics.sh RUN_DIR, run on the hypervisor node when a
-# scenario fails: whether the guest VM's QEMU (its files in RUN_DIR) runs,
-# its console's end, the map's requests in flight, the kernel's last lines.
+# scenario fails: this node's uptime (a node that reset itself starts over,
+# and RUN_DIR, in RAM, is empty then), whether the guest VM's QEMU (its
+# files in RUN_DIR) runs, its console's end, the map's requests in flight,
+# the kernel's last lines.
 run=$1
-echo "qemu pid $(cat "$run/qemu.pid" 2>/dev/null)"
-if kill -0 "$(cat "$run/qemu.pid")" 2>/dev/null; then
-  echo 'qemu running'
+echo "hypervisor uptime $(cut -d' ' -f1 /proc/uptime) s"
+pid=$(cat "$run/qemu.pid" 2>/dev/null)
+if [ -z "$pid" ]; then
+  echo 'qemu pid file MISSING: the guest was not started on this boot of the node (did the node reset?)'
+elif kill -0 "$pid" 2>/dev/null; then
+  echo "qemu pid $pid running"
 else
-  echo 'qemu EXITED: the guest reset or powered off (QEMU runs it with -no-reboot)'
+  echo "qemu pid $pid EXITED: the guest reset or powered off (QEMU runs it with -no-reboot)"
 fi
 # The whole command line of QEMU: BusyBox pgrep prints only names.
 # shellcheck disable=SC2009
