@@ -393,13 +393,28 @@ pub fn run_with_retries(
             .artifacts
             .join(format!("{}-attempt{attempt}-outputs.txt", scenario.id));
         let _ = std::fs::rename(&outputs, &kept);
-        failed_attempts.push(detail);
         if cluster.guest.take().is_some()
             && let Err(error) = crate::guest::stop(&mut cluster.hypervisor)
         {
             eprintln!("applbuild-test: stopping the guest VM before the retry: {error:#}");
         }
+        failed_attempts.push(with_late_kernel_errors(detail, cluster));
     }
+}
+
+/// `detail` of a failed attempt, with the kernel errors the nodes printed
+/// after the attempt's own console scan (a node that crashed late in it, or
+/// while its guest was stopped): they belong to that attempt, and the retry
+/// scans only what comes after them.
+fn with_late_kernel_errors(detail: String, cluster: &mut Cluster) -> String {
+    let late = cluster.scan_consoles().fatal;
+    if late.is_empty() {
+        return detail;
+    }
+    format!(
+        "{detail}\nkernel errors on the serial consoles after the attempt:\n{}",
+        late.join("\n")
+    )
 }
 
 /// Whether an attempt that ended in `outcome`, after `failed_before`
