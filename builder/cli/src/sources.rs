@@ -30,17 +30,6 @@ pub const SOURCES_DIR: &str = "sources";
 /// binary packages.
 pub const SOURCES_LIST: &str = "sources.txt";
 
-/// One file of a source package, as written (and verified).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct SourceFileReport {
-    /// File name in the output folder, e.g. `glibc_2.36-9.dsc`.
-    pub name: String,
-    /// Lowercase hex SHA256, as the `Sources` index gives it.
-    pub sha256: String,
-    /// Size in bytes.
-    pub size: u64,
-}
-
 /// One source package of the image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SourceReport {
@@ -53,7 +42,7 @@ pub struct SourceReport {
     /// The image's binary packages built from it, sorted.
     pub binaries: Vec<String>,
     /// Its `.dsc` and the files the `.dsc` lists.
-    pub files: Vec<SourceFileReport>,
+    pub files: Vec<SourceFile>,
 }
 
 /// What `applbuild sources` did for one profile.
@@ -208,15 +197,14 @@ fn choose<'i>(
 
 /// Every file of the chosen source packages by name, each once; one name
 /// with two different hashes is an error (one would overwrite the other).
-fn distinct_files(chosen: &[Chosen<'_>]) -> Result<BTreeMap<String, SourceFileReport>, BuildError> {
-    let mut files: BTreeMap<String, (SourceFileReport, String)> = BTreeMap::new();
+fn distinct_files(chosen: &[Chosen<'_>]) -> Result<BTreeMap<String, SourceFile>, BuildError> {
+    let mut files: BTreeMap<String, (SourceFile, String)> = BTreeMap::new();
     for source in chosen {
         let package = source.package;
         let owner = format!("{} {}", package.name, package.version);
         for file in &package.files {
-            let report = file_report(file);
             match files.get(&file.name) {
-                Some((known, _)) if *known == report => {}
+                Some((known, _)) if known == file => {}
                 Some((_, first)) => {
                     return Err(BuildError::SourceFileConflict {
                         file: file.name.clone(),
@@ -225,14 +213,14 @@ fn distinct_files(chosen: &[Chosen<'_>]) -> Result<BTreeMap<String, SourceFileRe
                     });
                 }
                 None => {
-                    files.insert(file.name.clone(), (report, owner.clone()));
+                    files.insert(file.name.clone(), (file.clone(), owner.clone()));
                 }
             }
         }
     }
     Ok(files
         .into_iter()
-        .map(|(name, (report, _))| (name, report))
+        .map(|(name, (file, _))| (name, file))
         .collect())
 }
 
@@ -245,23 +233,15 @@ fn reports(repositories: &[Repository], chosen: &[Chosen<'_>]) -> Vec<SourceRepo
             version: source.package.version.clone(),
             suite: repositories[source.repository].suite().to_string(),
             binaries: source.binaries.clone(),
-            files: source.package.files.iter().map(file_report).collect(),
+            files: source.package.files.clone(),
         })
         .collect()
-}
-
-fn file_report(file: &SourceFile) -> SourceFileReport {
-    SourceFileReport {
-        name: file.name.clone(),
-        sha256: file.sha256.clone(),
-        size: file.size,
-    }
 }
 
 /// Writes `SHA256SUMS` (for `sha256sum -c`) and `sources.txt` into `dir`.
 fn write_lists(
     dir: &Path,
-    files: &BTreeMap<String, SourceFileReport>,
+    files: &BTreeMap<String, SourceFile>,
     sources: &[SourceReport],
 ) -> Result<(), BuildError> {
     let sums: String = files

@@ -1,11 +1,26 @@
 //! Atomic file writes: every file applbuild keeps (the lock file, cache
 //! entries, image files) is written to a temporary file in the target's
 //! folder, synced, and renamed over the target, so a reader or a crash
-//! sees either the old file or the complete new one, never a part.
+//! sees either the old file or the complete new one, never a part. And
+//! where those files live by default: [`default_cache_root`].
 
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+
+/// applbuild's cache folder: `$XDG_CACHE_HOME/applbuild`, else
+/// `$HOME/.cache/applbuild`; `None` when neither variable is set. The one
+/// rule for the builds' download cache and the tests that read it.
+pub fn default_cache_root() -> Option<PathBuf> {
+    let from_env = |name| {
+        std::env::var_os(name)
+            .filter(|value: &std::ffi::OsString| !value.is_empty())
+            .map(PathBuf::from)
+    };
+    from_env("XDG_CACHE_HOME")
+        .or_else(|| from_env("HOME").map(|home| home.join(".cache")))
+        .map(|base| base.join("applbuild"))
+}
 
 /// A file being written beside `target`; it replaces `target` only on
 /// [`AtomicFile::commit`]. Dropped without a commit, it is deleted.

@@ -158,14 +158,7 @@ impl Cache {
     /// `$XDG_CACHE_HOME/applbuild`, else `$HOME/.cache/applbuild`; `None`
     /// when neither variable is set, so the CLI can ask for `--cache-dir`.
     pub fn default_root() -> Option<PathBuf> {
-        let from_env = |name| {
-            std::env::var_os(name)
-                .filter(|value| !value.is_empty())
-                .map(PathBuf::from)
-        };
-        from_env("XDG_CACHE_HOME")
-            .or_else(|| from_env("HOME").map(|home| home.join(".cache")))
-            .map(|base| base.join("applbuild"))
+        applbuild_fs::default_cache_root()
     }
 
     /// The folder this cache lives in.

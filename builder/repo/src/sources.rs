@@ -87,8 +87,9 @@ pub enum SourcesError {
     },
 }
 
-/// One file of a source package, as the `Sources` index lists it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One file of a source package, as the `Sources` index lists it (and as
+/// `applbuild sources` reports it).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct SourceFile {
     /// File name, e.g. `zlib_1.2.13.dfsg-1.dsc`.
     pub name: String,

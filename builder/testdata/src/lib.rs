@@ -41,18 +41,10 @@ pub struct LockedDeb {
     pub path: PathBuf,
 }
 
-/// The download cache: `$XDG_CACHE_HOME/applbuild`, else
-/// `$HOME/.cache/applbuild`, the rule of applbuild-repo's
-/// `Cache::default_root` (a test there keeps the two equal).
+/// The download cache the builds fill (`applbuild_fs::default_cache_root`,
+/// as applbuild-repo's `Cache::default_root`).
 pub fn cache_root() -> Option<PathBuf> {
-    let from_env = |name| {
-        std::env::var_os(name)
-            .filter(|value| !value.is_empty())
-            .map(PathBuf::from)
-    };
-    from_env("XDG_CACHE_HOME")
-        .or_else(|| from_env("HOME").map(|home| home.join(".cache")))
-        .map(|base| base.join("applbuild"))
+    applbuild_fs::default_cache_root()
 }
 
 /// The value, or — when the data is missing — a failed test under
