@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use applbuild::boot::READY_MARKER;
 use applbuild::profile::LoadedProfile;
-use applbuild_vm::qemu::{Accel, Disk, DiskCache, NetBackend, Nic, Serial, VmSpec};
+use applbuild_vm::qemu::{Accel, BootSource, Disk, DiskCache, NetBackend, Nic, Serial, VmSpec};
 use applbuild_vm::qga::ExecOutput;
 use base64::Engine;
 
@@ -103,9 +103,12 @@ fn guest_spec(loaded: &LoadedProfile, alias: &str, accel: GuestAccel) -> Result<
         GuestAccel::Kvm => Accel::Kvm,
         GuestAccel::Tcg => Accel::Tcg,
     };
-    let mut spec = VmSpec::new(GUEST, format!("{RUN_DIR}/vmlinuz").into(), accel);
-    spec.initrd = Some(format!("{RUN_DIR}/initrd.img").into());
-    spec.cmdline = profile.kernel.cmdline.join(" ");
+    let boot = BootSource::Kernel {
+        kernel: format!("{RUN_DIR}/vmlinuz").into(),
+        initrd: Some(format!("{RUN_DIR}/initrd.img").into()),
+        cmdline: profile.kernel.cmdline.join(" "),
+    };
+    let mut spec = VmSpec::new(GUEST, boot, accel);
     spec.memory_mib = profile.qemu.memory_mib;
     spec.cpus = profile.qemu.cpus;
     spec.tcg_cpu = profile.qemu.tcg_cpu.clone();

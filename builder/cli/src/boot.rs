@@ -11,7 +11,9 @@ use crate::profile::{Check, LoadedProfile};
 use applbuild_rootfs::templates::{Renderer, TemplateError};
 use applbuild_vm::console::{fatal_lines, not_ready_detail};
 use applbuild_vm::machine::{QemuError, RunningVm};
-use applbuild_vm::qemu::{Accel, AccelChoice, Disk, DiskCache, NetBackend, Nic, VmSpec};
+use applbuild_vm::qemu::{
+    Accel, AccelChoice, BootSource, Disk, DiskCache, NetBackend, Nic, UefiBoot, VmSpec,
+};
 use applbuild_vm::qga::{ExecOutput, QgaClient, QgaError};
 
 use crate::services::FAILED_MARKER;
@@ -38,12 +40,40 @@ impl From<AccelArg> for AccelChoice {
     }
 }
 
+/// Where the host keeps Debian's `ovmf` firmware.
+pub const OVMF_DIR: &str = "/usr/share/OVMF";
+
+/// What `applbuild boot` starts the machine from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootFrom {
+    /// QEMU loads `vmlinuz` and `initrd.img` itself (fastest).
+    Kernel,
+    /// OVMF boots `<profile>.img` from a disk, as a server's firmware would.
+    Disk {
+        /// OVMF with Secure Boot enforced and Debian's snakeoil keys enrolled.
+        secure_boot: bool,
+    },
+}
+
 /// What can go wrong booting an image.
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
     /// QEMU could not be run.
     #[error(transparent)]
     Qemu(#[from] QemuError),
+    /// A firmware file of Debian's `ovmf` is missing or cannot be copied.
+    #[error(
+        "{path}: {source} (the disk boot needs Debian's ovmf package: scripts/host-setup installs it)"
+    )]
+    Firmware {
+        /// The firmware file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// `--disk` but the image folder holds no disk image.
+    #[error("{0} is missing: the profile has no [image.uefi] table, so no disk image is built")]
+    NoDiskImage(PathBuf),
     /// A disk image could not be made.
     #[error("cannot create disk {path}: {source}")]
     Disk {
@@ -129,6 +159,25 @@ pub fn vm_spec(
     accel: Accel,
     backend_for: &dyn Fn(&str) -> NetBackend,
 ) -> Result<VmSpec, BootError> {
+    vm_spec_from(
+        loaded,
+        image_dir,
+        run_dir,
+        accel,
+        backend_for,
+        BootFrom::Kernel,
+    )
+}
+
+/// [`vm_spec`], starting from the kernel or, through OVMF, from the disk image.
+pub fn vm_spec_from(
+    loaded: &LoadedProfile,
+    image_dir: &Path,
+    run_dir: &Path,
+    accel: Accel,
+    backend_for: &dyn Fn(&str) -> NetBackend,
+    from: BootFrom,
+) -> Result<VmSpec, BootError> {
     let profile = &loaded.profile;
     let mut disks = Vec::new();
     for disk in &profile.qemu.disks {
@@ -162,9 +211,18 @@ pub fn vm_spec(
             without_rom: false,
         })
         .collect();
-    let mut spec = VmSpec::new(&loaded.name, image_dir.join("vmlinuz"), accel);
-    spec.initrd = Some(image_dir.join("initrd.img"));
-    spec.cmdline = profile.kernel.cmdline.join(" ");
+    let boot = match from {
+        BootFrom::Kernel => BootSource::Kernel {
+            kernel: image_dir.join("vmlinuz"),
+            initrd: Some(image_dir.join("initrd.img")),
+            cmdline: profile.kernel.cmdline.join(" "),
+        },
+        BootFrom::Disk { secure_boot } => {
+            let disk = image_dir.join(format!("{}.img", loaded.name));
+            BootSource::Uefi(uefi_boot(disk, run_dir, secure_boot)?)
+        }
+    };
+    let mut spec = VmSpec::new(&loaded.name, boot, accel);
     spec.memory_mib = profile.qemu.memory_mib;
     spec.cpus = profile.qemu.cpus;
     spec.tcg_cpu = profile.qemu.tcg_cpu.clone();
@@ -176,6 +234,39 @@ pub fn vm_spec(
         .enabled
         .then(|| run_dir.join("qga.sock"));
     Ok(spec)
+}
+
+/// OVMF for `disk`: the host's firmware code, and a fresh copy of its
+/// variable store in `run_dir` (each boot starts from the shipped variables,
+/// as a new server does).
+fn uefi_boot(disk: PathBuf, run_dir: &Path, secure_boot: bool) -> Result<UefiBoot, BootError> {
+    if !disk.is_file() {
+        return Err(BootError::NoDiskImage(disk));
+    }
+    let (code, vars) = if secure_boot {
+        ("OVMF_CODE_4M.secboot.fd", "OVMF_VARS_4M.snakeoil.fd")
+    } else {
+        ("OVMF_CODE_4M.fd", "OVMF_VARS_4M.fd")
+    };
+    let code = Path::new(OVMF_DIR).join(code);
+    let shipped_vars = Path::new(OVMF_DIR).join(vars);
+    if !code.is_file() {
+        return Err(BootError::Firmware {
+            path: code,
+            source: std::io::ErrorKind::NotFound.into(),
+        });
+    }
+    let vars = run_dir.join("ovmf-vars.fd");
+    std::fs::copy(&shipped_vars, &vars).map_err(|source| BootError::Firmware {
+        path: shipped_vars,
+        source,
+    })?;
+    Ok(UefiBoot {
+        code,
+        vars,
+        disk,
+        secure_boot,
+    })
 }
 
 /// A hub per network name, so each NIC of a lone VM has a carrier and a

@@ -29,6 +29,7 @@ use applbuild_vm::{machine, process};
 ///   applbuild sources hypervisor        # its source packages: out/hypervisor/sources/
 ///   applbuild boot storage              # serial console on this terminal (Ctrl-a x quits)
 ///   applbuild boot storage --check      # headless: boot, health checks, power off
+///   applbuild boot storage --disk --check  # the same, booting storage.img through UEFI firmware
 #[derive(Parser)]
 #[command(name = "applbuild", version, verbatim_doc_comment)]
 struct Cli {
@@ -160,6 +161,15 @@ enum Command {
         /// Print the --check report as JSON.
         #[arg(long)]
         json: bool,
+        /// Boot `<profile>.img` through UEFI firmware (Debian's OVMF), as a
+        /// server boots the flashed disk, instead of loading the kernel and
+        /// initramfs directly.
+        #[arg(long)]
+        disk: bool,
+        /// With --disk: Secure Boot enforced, Debian's snakeoil keys
+        /// enrolled (the image must be signed with the snakeoil key).
+        #[arg(long, requires = "disk")]
+        secure_boot: bool,
         #[command(flatten)]
         build: BuildArgs,
     },
@@ -320,6 +330,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             accel,
             timeout,
             json,
+            disk,
+            secure_boot,
             build,
         } => {
             let options = BootOptions {
@@ -327,6 +339,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 accel: accel.into(),
                 timeout,
                 json,
+                from: if disk {
+                    boot::BootFrom::Disk { secure_boot }
+                } else {
+                    boot::BootFrom::Kernel
+                },
             };
             boot_profile(&project, &profile, &build, &options)
         }
@@ -487,6 +504,7 @@ struct BootOptions {
     accel: AccelChoice,
     timeout: Option<u64>,
     json: bool,
+    from: boot::BootFrom,
 }
 
 fn boot_profile(
@@ -521,16 +539,20 @@ fn boot_profile(
     let accel = boot_options
         .accel
         .resolve(&image_dir.join("vmlinuz"), &run_dir);
-    let spec = boot::vm_spec(
+    let mut spec = boot::vm_spec_from(
         &loaded,
         &image_dir,
         &run_dir,
         accel,
         &boot::hub_backends(&loaded),
+        boot_options.from,
     )?;
     if !boot_options.check {
-        let mut spec = spec;
-        spec.cmdline.push_str(" applbuild.shell=1");
+        // A disk image's command line is its UKI's; only a kernel boot
+        // can be given the rescue shell here.
+        if let qemu::BootSource::Kernel { cmdline, .. } = &mut spec.boot {
+            cmdline.push_str(" applbuild.shell=1");
+        }
         return boot_interactive(spec);
     }
     let ready_timeout = Duration::from_secs(

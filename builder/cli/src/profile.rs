@@ -253,6 +253,10 @@ pub struct Image {
     /// Also write `disk.img`, a GPT disk image of the kernel and the initramfs.
     #[serde(default)]
     pub disk: Option<DiskImage>,
+    /// Also write `<profile>.img`, a UEFI-bootable disk (and its `.bmap`
+    /// and `.qcow2`): what gets flashed onto a server.
+    #[serde(default)]
+    pub uefi: Option<UefiImage>,
 }
 
 impl Default for Image {
@@ -260,9 +264,43 @@ impl Default for Image {
         Self {
             compression_level: default_compression_level(),
             disk: None,
+            uefi: None,
         }
     }
 }
+
+/// The UEFI disk image: a GPT disk whose EFI system partition holds
+/// systemd-boot and a unified kernel image (docs/image.md).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UefiImage {
+    /// Size of the EFI system partition in MiB; unset: room for two UKIs
+    /// (the running one and an update), at least 64.
+    #[serde(default)]
+    pub esp_mib: Option<u32>,
+    /// Size in MiB of a zero-filled `data` partition after the ESP (a
+    /// one-disk storage appliance backs its LUN with it); 0 leaves it out.
+    #[serde(default)]
+    pub data_mib: u32,
+    /// Secure Boot: the PEM private key and certificate that sign
+    /// systemd-boot and the UKI (paths relative to the project folder);
+    /// `build --secure-boot-key/--secure-boot-cert` override them.
+    #[serde(default)]
+    pub secure_boot: Option<SecureBootKeys>,
+}
+
+/// A Secure Boot signing key and its certificate.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SecureBootKeys {
+    /// PEM private key (never committed: keep it outside the repository).
+    pub key: PathBuf,
+    /// PEM certificate enrolled in the servers' `db`.
+    pub cert: PathBuf,
+}
+
+/// The smallest ESP: FAT32 every UEFI accepts.
+pub const MIN_ESP_MIB: u32 = 64;
 
 /// The GPT disk image `disk.img` (partitions `kernel`, `initrd`, `data`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -832,6 +870,35 @@ where
             format!(
                 "{} MiB is more than the {MAX_DISK_DATA_MIB} MiB allowed",
                 disk.data_mib
+            ),
+        ));
+    }
+    if let Some(uefi) = &image.uefi {
+        validate_uefi(uefi, fail)?;
+    }
+    Ok(())
+}
+
+fn validate_uefi<F>(uefi: &UefiImage, fail: &F) -> Result<(), ProfileError>
+where
+    F: Fn(&str, String) -> ProfileError,
+{
+    if let Some(esp_mib) = uefi.esp_mib
+        && !(MIN_ESP_MIB..=MAX_DISK_DATA_MIB).contains(&esp_mib)
+    {
+        return Err(fail(
+            "image.uefi.esp_mib",
+            format!(
+                "{esp_mib} MiB is not between {MIN_ESP_MIB} and {MAX_DISK_DATA_MIB} MiB (FAT32 needs at least {MIN_ESP_MIB} MiB)"
+            ),
+        ));
+    }
+    if uefi.data_mib > MAX_DISK_DATA_MIB {
+        return Err(fail(
+            "image.uefi.data_mib",
+            format!(
+                "{} MiB is more than the {MAX_DISK_DATA_MIB} MiB allowed",
+                uefi.data_mib
             ),
         ));
     }

@@ -4,4 +4,5 @@ pub mod cpio;
 pub mod disk_image;
 pub mod initramfs;
 pub mod manifest;
+pub mod qcow2;
 pub mod sbom;

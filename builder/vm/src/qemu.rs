@@ -119,6 +119,38 @@ pub enum Serial {
     File(PathBuf),
 }
 
+/// What the VM starts from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootSource {
+    /// QEMU loads a kernel and an initramfs itself (`-kernel`), no firmware
+    /// boot menu: the fastest boot, used for images in RAM.
+    Kernel {
+        /// Kernel image.
+        kernel: PathBuf,
+        /// Initramfs, if any.
+        initrd: Option<PathBuf>,
+        /// Kernel command line.
+        cmdline: String,
+    },
+    /// UEFI firmware (OVMF) boots a disk image as a server's firmware would.
+    Uefi(UefiBoot),
+}
+
+/// OVMF booting a disk image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UefiBoot {
+    /// The firmware code (`OVMF_CODE_4M.fd`, or a Secure Boot build of it).
+    pub code: PathBuf,
+    /// A writable copy of the variable store (`OVMF_VARS_4M.fd`, or one with
+    /// Secure Boot keys enrolled).
+    pub vars: PathBuf,
+    /// The disk image booted; attached read-only, so a check cannot change
+    /// the bytes that get flashed.
+    pub disk: PathBuf,
+    /// Secure Boot firmware: needs SMM and a secure flash (q35 only).
+    pub secure_boot: bool,
+}
+
 /// Everything QEMU needs to start one VM.
 #[derive(Debug, Clone)]
 pub struct VmSpec {
@@ -126,12 +158,8 @@ pub struct VmSpec {
     pub name: String,
     /// Machine type.
     pub machine: String,
-    /// Kernel image.
-    pub kernel: PathBuf,
-    /// Initramfs, if any.
-    pub initrd: Option<PathBuf>,
-    /// Kernel command line.
-    pub cmdline: String,
+    /// Kernel or firmware.
+    pub boot: BootSource,
     /// Memory in MiB.
     pub memory_mib: u32,
     /// Virtual CPUs.
@@ -160,13 +188,11 @@ pub struct VmSpec {
 impl VmSpec {
     /// A headless VM with no NICs, disks or sockets, the serial console on
     /// QEMU's standard output, QEMU exiting on reboot; fields to be filled in.
-    pub fn new(name: &str, kernel: PathBuf, accel: Accel) -> Self {
+    pub fn new(name: &str, boot: BootSource, accel: Accel) -> Self {
         Self {
             name: name.into(),
             machine: "q35".into(),
-            kernel,
-            initrd: None,
-            cmdline: String::new(),
+            boot,
             memory_mib: 256,
             cpus: 1,
             accel,
@@ -202,7 +228,11 @@ impl VmSpec {
     }
 
     fn machine_args(&self) -> Vec<String> {
-        let mut args = words(&["-name", &self.name, "-machine", &self.machine]);
+        let mut machine = self.machine.clone();
+        if matches!(&self.boot, BootSource::Uefi(uefi) if uefi.secure_boot) {
+            machine.push_str(",smm=on");
+        }
+        let mut args = words(&["-name", &self.name, "-machine", &machine]);
         args.extend(words(&["-nodefaults", "-no-user-config"]));
         if self.exit_on_reboot {
             args.push("-no-reboot".into());
@@ -217,12 +247,21 @@ impl VmSpec {
     }
 
     fn boot_args(&self) -> Vec<String> {
-        let mut args = vec!["-kernel".into(), path_arg(&self.kernel)];
-        if let Some(initrd) = &self.initrd {
-            args.extend(["-initrd".into(), path_arg(initrd)]);
+        match &self.boot {
+            BootSource::Kernel {
+                kernel,
+                initrd,
+                cmdline,
+            } => {
+                let mut args = vec!["-kernel".into(), path_arg(kernel)];
+                if let Some(initrd) = initrd {
+                    args.extend(["-initrd".into(), path_arg(initrd)]);
+                }
+                args.extend(["-append".into(), cmdline.clone()]);
+                args
+            }
+            BootSource::Uefi(uefi) => uefi_args(uefi),
         }
-        args.extend(["-append".into(), self.cmdline.clone()]);
-        args
     }
 
     fn control_args(&self) -> Vec<String> {
@@ -262,9 +301,42 @@ impl VmSpec {
 /// The spec of the KVM probe: `kernel` alone, no init to run, so the guest
 /// prints its banner and panics (`panic=-1` and `-no-reboot` end QEMU).
 pub fn kvm_probe_spec(kernel: &Path) -> VmSpec {
-    let mut spec = VmSpec::new("kvm-probe", kernel.to_path_buf(), Accel::Kvm);
-    spec.cmdline = "console=ttyS0 panic=-1 rdinit=/nonexistent".into();
-    spec
+    let boot = BootSource::Kernel {
+        kernel: kernel.to_path_buf(),
+        initrd: None,
+        cmdline: "console=ttyS0 panic=-1 rdinit=/nonexistent".into(),
+    };
+    VmSpec::new("kvm-probe", boot, Accel::Kvm)
+}
+
+/// Firmware in two flash chips (code read-only, variables writable) and the
+/// boot disk as the first virtio disk, where OVMF looks for
+/// `EFI/BOOT/BOOTX64.EFI` when its variables name no boot entry.
+fn uefi_args(uefi: &UefiBoot) -> Vec<String> {
+    let mut args = Vec::new();
+    if uefi.secure_boot {
+        args.extend(words(&[
+            "-global",
+            "driver=cfi.pflash01,property=secure,value=on",
+        ]));
+    }
+    args.extend([
+        "-drive".into(),
+        format!(
+            "if=pflash,format=raw,unit=0,readonly=on,file={}",
+            uefi.code.display()
+        ),
+        "-drive".into(),
+        format!("if=pflash,format=raw,unit=1,file={}", uefi.vars.display()),
+        "-drive".into(),
+        format!(
+            "file={},if=none,id=boot,format=raw,readonly=on",
+            uefi.disk.display()
+        ),
+        "-device".into(),
+        "virtio-blk-pci,drive=boot,serial=boot,bootindex=0".into(),
+    ]);
+    args
 }
 
 fn nic_args(nic: &Nic) -> Vec<String> {
@@ -316,9 +388,12 @@ mod tests {
     use super::*;
 
     fn spec() -> VmSpec {
-        let mut spec = VmSpec::new("storage", "/out/vmlinuz".into(), Accel::Tcg);
-        spec.initrd = Some("/out/initrd.img".into());
-        spec.cmdline = "console=ttyS0".into();
+        let boot = BootSource::Kernel {
+            kernel: "/out/vmlinuz".into(),
+            initrd: Some("/out/initrd.img".into()),
+            cmdline: "console=ttyS0".into(),
+        };
+        let mut spec = VmSpec::new("storage", boot, Accel::Tcg);
         spec.memory_mib = 384;
         spec.nics = vec![
             Nic {
@@ -399,12 +474,48 @@ mod tests {
         assert!(args.contains("-serial stdio"), "{args}");
     }
 
+    /// OVMF boots the image from the first disk; Secure Boot adds SMM and
+    /// the secure flash; no `-kernel` is given.
+    #[test]
+    fn a_uefi_vm_boots_its_disk_through_the_firmware() {
+        let mut spec = spec();
+        spec.boot = BootSource::Uefi(UefiBoot {
+            code: "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd".into(),
+            vars: "/run/vars.fd".into(),
+            disk: "/out/storage.img".into(),
+            secure_boot: true,
+        });
+        let args = spec.args().join(" ");
+        assert!(args.contains("-machine q35,smm=on "), "{args}");
+        assert!(
+            args.contains("-global driver=cfi.pflash01,property=secure,value=on"),
+            "{args}"
+        );
+        assert!(
+            args.contains("if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.secboot.fd"),
+            "{args}"
+        );
+        assert!(
+            args.contains("if=pflash,format=raw,unit=1,file=/run/vars.fd"),
+            "{args}"
+        );
+        assert!(
+            args.contains("file=/out/storage.img,if=none,id=boot,format=raw,readonly=on -device virtio-blk-pci,drive=boot,serial=boot,bootindex=0"),
+            "{args}"
+        );
+        assert!(!args.contains("-kernel"), "{args}");
+    }
+
     /// The nested guest: a command line for a shell, its kernel command
     /// line one word, the tap without ROM, the map cached straight through.
     #[test]
     fn the_shell_command_quotes_what_the_shell_would_split() {
-        let mut spec = VmSpec::new("guest", "/run/vm/vmlinuz".into(), Accel::Kvm);
-        spec.cmdline = "console=ttyS0 quiet".into();
+        let boot = BootSource::Kernel {
+            kernel: "/run/vm/vmlinuz".into(),
+            initrd: None,
+            cmdline: "console=ttyS0 quiet".into(),
+        };
+        let mut spec = VmSpec::new("guest", boot, Accel::Kvm);
         spec.nics.push(Nic {
             id: "net0".into(),
             mac: "52:54:00:12:34:56".into(),
