@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use applbuild::boot::{self, READY_MARKER};
+use applbuild::boot::{self, BootFrom, READY_MARKER};
 use applbuild::profile::{self, LoadedProfile};
 use applbuild_vm::console::{fatal_lines, not_ready_detail};
 use applbuild_vm::machine::RunningVm;
@@ -83,6 +83,7 @@ struct NodeBoot<'a> {
     accel: Accel,
     backend_for: &'a dyn Fn(&str) -> NetBackend,
     extra_disks: Vec<Disk>,
+    from: BootFrom,
 }
 
 impl Node {
@@ -94,7 +95,14 @@ impl Node {
         std::fs::create_dir_all(run_dir)
             .with_context(|| format!("creating {}", run_dir.display()))?;
         let scale = Scale(how.accel.timeout_scale());
-        let mut spec = boot::vm_spec(&loaded, &how.image_dir, run_dir, how.accel, how.backend_for)?;
+        let mut spec = boot::vm_spec_from(
+            &loaded,
+            &how.image_dir,
+            run_dir,
+            how.accel,
+            how.backend_for,
+            how.from,
+        )?;
         spec.disks.extend(how.extra_disks);
         // S14 reboots the hypervisor inside the same QEMU process.
         spec.exit_on_reboot = false;
@@ -321,13 +329,15 @@ pub struct Cluster {
 impl Cluster {
     /// Starts one switch per network the profiles name, then boots the
     /// storage node and the hypervisor node (with the guest's disk image
-    /// attached read-only) concurrently, each to its ready line.
+    /// attached read-only) concurrently, each to its ready line, from their
+    /// kernels or, through OVMF, from their UEFI disk images.
     pub fn boot(
         profiles_dir: &Path,
         images: &Path,
         run_dir: &Path,
         artifacts: &Path,
         accel: Accel,
+        from: BootFrom,
     ) -> Result<Self> {
         let storage_profile = profile::load(profiles_dir, STORAGE)?;
         let hypervisor_profile = profile::load(profiles_dir, HYPERVISOR)?;
@@ -360,6 +370,7 @@ impl Cluster {
             accel,
             backend_for: &backend_for,
             extra_disks,
+            from,
         };
         let guest_image = Disk {
             path: images.join(GUEST).join("disk.img"),

@@ -19,6 +19,7 @@ pub fn ensure_built(project: &Project, images: &Path, profiles: &[&str]) -> Resu
         offline: false,
         reporter: Reporter::for_terminal(),
         apt_root: PathBuf::from("/"),
+        secure_boot: None,
     };
     for name in profiles {
         let loaded = profile::load(&project.profiles_dir(), name)?;

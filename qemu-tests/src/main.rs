@@ -17,7 +17,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use applbuild::boot::AccelArg;
+use applbuild::boot::{AccelArg, BootFrom};
 use applbuild::pipeline::Project;
 use applbuild_vm::process;
 use applbuild_vm::qemu::{Accel, AccelChoice};
@@ -70,6 +70,11 @@ struct Cli {
     /// Do not build missing or stale images: fail instead.
     #[arg(long)]
     no_build: bool,
+    /// Boot both nodes from their UEFI disk images through OVMF (the bytes
+    /// that get flashed onto servers) instead of from kernel and initramfs;
+    /// `scripts/test` passes it in CI.
+    #[arg(long)]
+    disk: bool,
     /// Project folder [default: the nearest folder upwards with profiles/].
     #[arg(long, value_name = "DIR")]
     project: Option<PathBuf>,
@@ -174,6 +179,11 @@ fn run_suite(cli: &Cli) -> Result<ExitCode> {
         images,
         run: run_dir.clone(),
         artifacts,
+        from: if cli.disk {
+            BootFrom::Disk { secure_boot: false }
+        } else {
+            BootFrom::Kernel
+        },
     };
     let mut cluster = boot_cluster(&cluster_dirs, accel, &mut suite);
     for scenario in &all {
@@ -245,13 +255,18 @@ struct ClusterDirs {
     images: PathBuf,
     run: PathBuf,
     artifacts: PathBuf,
+    from: BootFrom,
 }
 
 /// Boots the cluster; records its boot times, or why it did not boot, in
 /// `suite`.
 fn boot_cluster(dirs: &ClusterDirs, accel: Accel, suite: &mut SuiteReport) -> Option<Cluster> {
     eprintln!(
-        "applbuild-test: booting storage and hypervisor under {} (run folder {})",
+        "applbuild-test: booting storage and hypervisor from their {} under {} (run folder {})",
+        match dirs.from {
+            BootFrom::Kernel => "kernels",
+            BootFrom::Disk { .. } => "UEFI disk images",
+        },
         suite.accel,
         dirs.run.display()
     );
@@ -261,6 +276,7 @@ fn boot_cluster(dirs: &ClusterDirs, accel: Accel, suite: &mut SuiteReport) -> Op
         &dirs.run,
         &dirs.artifacts,
         accel,
+        dirs.from,
     ) {
         Ok(cluster) => cluster,
         Err(error) => {

@@ -55,6 +55,19 @@ pub enum BootFrom {
     },
 }
 
+impl BootFrom {
+    /// The folder in the image folder that holds a boot's sockets and
+    /// serial log: one per way of booting, so a kernel boot and a disk boot
+    /// of one image can run side by side.
+    pub fn run_dir_name(self) -> &'static str {
+        match self {
+            Self::Kernel => "run",
+            Self::Disk { secure_boot: false } => "run-disk",
+            Self::Disk { secure_boot: true } => "run-secure-boot",
+        }
+    }
+}
+
 /// What can go wrong booting an image.
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {

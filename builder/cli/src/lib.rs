@@ -12,4 +12,5 @@ pub mod profile;
 pub mod sbom;
 pub mod services;
 pub mod sources;
+pub mod uefi;
 pub mod update;

@@ -227,6 +227,14 @@ struct BuildArgs {
     /// repeatable), winning over the profile's `max_index_age`.
     #[arg(long, value_name = "SUITE=AGE", value_parser = suite_setting)]
     max_index_age: Vec<(String, String)>,
+    /// Sign systemd-boot and the UKI for Secure Boot with this PEM private
+    /// key (unencrypted), winning over `image.uefi.secure_boot` [needs
+    /// --secure-boot-cert].
+    #[arg(long, value_name = "FILE", requires = "secure_boot_cert")]
+    secure_boot_key: Option<PathBuf>,
+    /// The PEM certificate of --secure-boot-key (the one the servers' db holds).
+    #[arg(long, value_name = "FILE", requires = "secure_boot_key")]
+    secure_boot_cert: Option<PathBuf>,
 }
 
 /// Splits `SUITE=VALUE`.
@@ -517,16 +525,18 @@ fn boot_profile(
     let options = build_options(project, build, json);
     let loaded = profile::load(&project.profiles_dir(), name)?;
     let image_dir = options.out_dir.join(name);
-    if !pipeline::is_up_to_date(project, &loaded, &image_dir) {
+    // Keys given on the command line are not among the inputs the digest
+    // covers, so their image is always built again.
+    if options.secure_boot.is_some() || !pipeline::is_up_to_date(project, &loaded, &image_dir) {
         if !json {
-            eprintln!("applbuild: {name}: image missing or stale, building first");
+            eprintln!("applbuild: {name}: image missing, stale or to be signed: building first");
         }
         let report = pipeline::build(project, name, &options)?;
         if !json {
             print_build(&report);
         }
     }
-    let run_dir = image_dir.join("run");
+    let run_dir = image_dir.join(boot_options.from.run_dir_name());
     std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
     let serial_log = run_dir.join("serial.log");
     // An interrupted boot stops QEMU (its log stays) and exits non-zero.
@@ -593,6 +603,11 @@ fn build_options(project: &Project, args: &BuildArgs, json: bool) -> BuildOption
             Reporter::for_terminal()
         },
         apt_root: PathBuf::from("/"),
+        secure_boot: args
+            .secure_boot_key
+            .clone()
+            .zip(args.secure_boot_cert.clone())
+            .map(|(key, cert)| profile::SecureBootKeys { key, cert }),
     }
 }
 
@@ -674,6 +689,14 @@ fn print_build(report: &BuildReport) {
     println!("  {}", report.out_dir.display());
     if let Some(bytes) = report.disk_bytes {
         println!("  disk.img {:.1} MiB", bytes as f64 / 1048576.0);
+    }
+    if let Some(bytes) = report.uefi_image_bytes {
+        println!(
+            "  {}.img (UEFI disk, with .bmap and .qcow2) {:.1} MiB, written in {:.1} s",
+            report.profile,
+            bytes as f64 / 1048576.0,
+            report.seconds.uefi
+        );
     }
     println!(
         "  {} of {} packages unpacked from the unpack cache",

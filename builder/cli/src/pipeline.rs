@@ -22,12 +22,14 @@ use crate::lockfile::Lockfile;
 use crate::profile::{self, LoadedProfile};
 use crate::sbom;
 use crate::services;
+use crate::uefi::{self, EfiBinaries, UkiInputs};
 use applbuild_deb::package_index::{PackageIndex, PackageRecord};
 use applbuild_deb::resolver::{self, ResolveRequest};
 use applbuild_fs::write_atomic;
 use applbuild_image::disk_image::{self, PartitionContent, PartitionSource};
 use applbuild_image::initramfs::{self, SegmentPlan};
 use applbuild_image::manifest::{Artifact, MANIFEST_FILE, Manifest, ManifestPackage, sha256_file};
+use applbuild_image::secure_boot::SigningKey;
 use applbuild_progress::{Reporter, Unit};
 use applbuild_repo::apt_sources;
 use applbuild_repo::cache::Cache;
@@ -117,6 +119,29 @@ pub enum BuildError {
     /// Writing `disk.img` failed.
     #[error(transparent)]
     DiskImage(#[from] disk_image::DiskImageError),
+    /// The package set lacks an EFI binary the UEFI image needs.
+    #[error("{path} is not in the root file system: is {package} in the package set?")]
+    MissingEfiBinary {
+        /// Where the binary should be.
+        path: String,
+        /// The package that ships it.
+        package: &'static str,
+    },
+    /// The unified kernel image could not be made.
+    #[error(transparent)]
+    Uki(#[from] applbuild_image::uki::UkiError),
+    /// The EFI system partition could not be written.
+    #[error(transparent)]
+    Esp(#[from] applbuild_image::esp::EspError),
+    /// The `.bmap` could not be made.
+    #[error(transparent)]
+    Bmap(#[from] applbuild_image::bmap::BmapError),
+    /// The `.qcow2` could not be written.
+    #[error(transparent)]
+    Qcow2(#[from] applbuild_image::qcow2::Qcow2Error),
+    /// Signing an EFI binary for Secure Boot failed.
+    #[error(transparent)]
+    Signing(#[from] applbuild_image::secure_boot::SigningError),
     /// Writing the SBOM or the licence list failed.
     #[error(transparent)]
     Sbom(#[from] applbuild_image::sbom::SbomError),
@@ -247,6 +272,9 @@ pub struct BuildOptions {
     pub reporter: Reporter,
     /// Root of the apt configuration the mirror is read from (normally `/`).
     pub apt_root: PathBuf,
+    /// Secure Boot key and certificate overriding the profile's
+    /// (`--secure-boot-key`, `--secure-boot-cert`).
+    pub secure_boot: Option<profile::SecureBootKeys>,
 }
 
 /// Command-line settings of single suites (`--suite-mirror`,
@@ -285,6 +313,8 @@ pub struct StepSeconds {
     pub compress: f64,
     /// Writing `disk.img` (0 when the profile asks for none).
     pub disk: f64,
+    /// Writing the UEFI disk, its bmap and its qcow2 (0 without `[image.uefi]`).
+    pub uefi: f64,
     /// Everything.
     pub total: f64,
 }
@@ -310,6 +340,8 @@ pub struct BuildReport {
     pub kernel_bytes: u64,
     /// Size of disk.img, when the profile asks for one (`[image.disk]`).
     pub disk_bytes: Option<u64>,
+    /// Size of `<profile>.img`, the UEFI disk (`[image.uefi]`).
+    pub uefi_image_bytes: Option<u64>,
     /// Files left out by the path filters.
     pub dropped_files: u64,
     /// Bytes left out by the path filters.
@@ -398,11 +430,20 @@ fn manifest_package(record: &PackageRecord) -> ManifestPackage {
     }
 }
 
-/// The packages a profile installs: its list, plus the guest agent if enabled.
+/// The packages a profile installs: its list, plus the guest agent if
+/// enabled, plus systemd-boot for a UEFI disk image.
 fn package_roots(loaded: &LoadedProfile) -> Vec<String> {
     let mut roots = loaded.profile.packages.include.clone();
-    if loaded.profile.guest_agent.enabled && !roots.iter().any(|name| name == "qemu-guest-agent") {
-        roots.push("qemu-guest-agent".into());
+    let mut add = |name: &str| {
+        if !roots.iter().any(|root| root == name) {
+            roots.push(name.into());
+        }
+    };
+    if loaded.profile.guest_agent.enabled {
+        add("qemu-guest-agent");
+    }
+    if loaded.profile.image.uefi.is_some() {
+        add(uefi::SYSTEMD_BOOT_PACKAGE);
     }
     roots
 }
@@ -807,6 +848,8 @@ struct Assembled {
     /// The package the kernel image came from, for the SBOM.
     kernel_package: Option<String>,
     modules: ModuleSelection,
+    /// systemd-boot and the UKI stub, for a profile with `[image.uefi]`.
+    efi: Option<EfiBinaries>,
 }
 
 /// Stage 4: the image files in the staging folder, each hashed once, when
@@ -848,7 +891,15 @@ pub fn build_with_suites(
     let downloaded = unpacked.downloaded;
     let from_unpack_cache = unpacked.from_unpack_cache;
     let assembled = assemble(project, &loaded, unpacked.tree, &mut seconds)?;
-    let written = write_artifacts(&loaded, &resolved, &assembled, options, &mut seconds)?;
+    let signing_keys = secure_boot_keys(project, &loaded, options);
+    let written = write_artifacts(
+        &loaded,
+        &resolved,
+        &assembled,
+        options,
+        signing_keys.as_ref(),
+        &mut seconds,
+    )?;
     let manifest = Manifest {
         profile: name.into(),
         profile_digest: loaded.digest(),
@@ -890,6 +941,12 @@ pub fn build_with_suites(
             .disk
             .as_ref()
             .map(|_| manifest.artifact_size(DISK_IMAGE)),
+        uefi_image_bytes: loaded
+            .profile
+            .image
+            .uefi
+            .as_ref()
+            .map(|_| manifest.artifact_size(&format!("{name}.img"))),
         dropped_files: assembled.tree.dropped().files,
         dropped_bytes: assembled.tree.dropped().bytes,
         modules: assembled.modules.load_order.len(),
@@ -901,6 +958,23 @@ pub fn build_with_suites(
         unpacked_from_cache_packages: from_unpack_cache,
         unresolved_softdeps: assembled.modules.unresolved_softdeps,
     })
+}
+
+/// The Secure Boot key and certificate: the command line's, else the
+/// profile's (relative to the project folder), else none.
+fn secure_boot_keys(
+    project: &Project,
+    loaded: &LoadedProfile,
+    options: &BuildOptions,
+) -> Option<profile::SecureBootKeys> {
+    let from_profile = || {
+        let keys = loaded.profile.image.uefi.as_ref()?.secure_boot.as_ref()?;
+        Some(profile::SecureBootKeys {
+            key: project.root().join(&keys.key),
+            cert: project.root().join(&keys.cert),
+        })
+    };
+    options.secure_boot.clone().or_else(from_profile)
 }
 
 /// Downloads what the cache lacks and unpacks every package into a tree.
@@ -981,12 +1055,17 @@ fn assemble(
     };
     let kernel_package = tree.owner(&modules.vmlinuz).map(str::to_owned);
     tree.remove(&modules.vmlinuz)?;
+    let efi = match loaded.profile.image.uefi {
+        Some(_) => Some(uefi::take_efi_binaries(&mut tree)?),
+        None => None,
+    };
     seconds.assemble = started.elapsed().as_secs_f64();
     Ok(Assembled {
         tree,
         kernel,
         kernel_package,
         modules,
+        efi,
     })
 }
 
@@ -997,6 +1076,7 @@ fn write_artifacts(
     resolved: &Resolved,
     assembled: &Assembled,
     options: &BuildOptions,
+    signing_keys: Option<&profile::SecureBootKeys>,
     seconds: &mut StepSeconds,
 ) -> Result<Artifacts, BuildError> {
     let started = Instant::now();
@@ -1029,6 +1109,26 @@ fn write_artifacts(
             sha256: sha256_file(&path).map_err(output_error(&path))?,
         });
         seconds.disk = started.elapsed().as_secs_f64();
+    }
+    if let (Some(uefi), Some(efi)) = (&loaded.profile.image.uefi, &assembled.efi) {
+        let started = Instant::now();
+        let inputs = UkiInputs {
+            loaded,
+            kernel: &assembled.kernel,
+            kernel_release: &assembled.modules.kernel_version,
+        };
+        let signing = signing_keys.map(|keys| SigningKey {
+            key: &keys.key,
+            cert: &keys.cert,
+        });
+        artifacts.extend(uefi::write_uefi_image(
+            staging.path(),
+            uefi,
+            efi,
+            &inputs,
+            signing,
+        )?);
+        seconds.uefi = started.elapsed().as_secs_f64();
     }
     artifacts.push(Artifact {
         file: "initrd.img".into(),

@@ -6,3 +6,4 @@ pub mod initramfs;
 pub mod manifest;
 pub mod qcow2;
 pub mod sbom;
+pub mod secure_boot;
