@@ -76,7 +76,7 @@ pub fn locked_debs(profile: &str) -> Result<Vec<LockedDeb>, Missing> {
     let root = existing_root()?;
     lock_entries(profile)
         .into_iter()
-        .map(|package| locked_deb(&root, package))
+        .map(|package| locked_deb_in(&root, package))
         .collect()
 }
 
@@ -92,7 +92,20 @@ pub fn kernel_deb() -> Result<LockedDeb, Missing> {
                 && package.name != "linux-image-amd64"
         })
         .expect("applbuild.lock pins no linux-image-<abi>-amd64 for the hypervisor");
-    locked_deb(&root, kernel)
+    locked_deb_in(&root, kernel)
+}
+
+/// The package `name` as `applbuild.lock` pins it in any profile (the
+/// first profile by name that has it).
+pub fn locked_deb(name: &str) -> Result<LockedDeb, Missing> {
+    let root = existing_root()?;
+    let package = read_lock()
+        .profile
+        .into_values()
+        .flat_map(|profile| profile.packages)
+        .find(|package| package.name == name)
+        .ok_or_else(|| Missing(format!("applbuild.lock pins no {name} in any profile")))?;
+    locked_deb_in(&root, package)
 }
 
 /// The cache folder, if it exists.
@@ -132,12 +145,7 @@ struct LockedProfile {
 
 /// The packages the workspace's `applbuild.lock` pins for `profile`.
 fn lock_entries(profile: &str) -> Vec<LockedPackage> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../applbuild.lock");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|error| panic!("reading {}: {error}", path.display()));
-    let mut lock: LockFile =
-        toml::from_str(&text).unwrap_or_else(|error| panic!("parsing {}: {error}", path.display()));
-    let mut packages = lock
+    let mut packages = read_lock()
         .profile
         .remove(profile)
         .unwrap_or_else(|| panic!("applbuild.lock has no profile {profile}"))
@@ -146,8 +154,16 @@ fn lock_entries(profile: &str) -> Vec<LockedPackage> {
     packages
 }
 
+/// The workspace's `applbuild.lock`.
+fn read_lock() -> LockFile {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../applbuild.lock");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|error| panic!("reading {}: {error}", path.display()));
+    toml::from_str(&text).unwrap_or_else(|error| panic!("parsing {}: {error}", path.display()))
+}
+
 /// `package`'s blob in the cache at `root`.
-fn locked_deb(root: &Path, package: LockedPackage) -> Result<LockedDeb, Missing> {
+fn locked_deb_in(root: &Path, package: LockedPackage) -> Result<LockedDeb, Missing> {
     let path = blob(root, &package.sha256).ok_or_else(|| {
         Missing(format!(
             "{} {} (pinned in applbuild.lock) is not in the applbuild cache {}",
