@@ -152,25 +152,13 @@ mod tests {
     }
 
     /// `systemd-bootx64.efi` from the `systemd-boot-efi` package that
-    /// `applbuild.lock` pins for the storage profile.
+    /// `applbuild.lock` pins.
     fn systemd_boot() -> Result<Vec<u8>, applbuild_testdata::Missing> {
-        let deb = applbuild_testdata::locked_debs("storage")?
-            .into_iter()
-            .find(|deb| deb.name == "systemd-boot-efi")
-            .expect("applbuild.lock pins no systemd-boot-efi for storage");
-        let archive = applbuild_rootfs::deb_archive::DebArchive::open(&deb.path).unwrap();
-        let mut found = None;
-        archive
-            .for_each_data_entry(|entry| {
-                if entry.path.ends_with("systemd-bootx64.efi")
-                    && let applbuild_rootfs::deb_archive::EntryKind::File(contents) = entry.kind
-                {
-                    found = Some(contents.to_vec());
-                }
-                Ok::<(), applbuild_rootfs::deb_archive::DebError>(())
-            })
-            .unwrap();
-        Ok(found.expect("systemd-boot-efi has no systemd-bootx64.efi"))
+        let deb = applbuild_testdata::locked_deb("systemd-boot-efi")?;
+        Ok(crate::uki::tests::file_from_deb(
+            &deb.path,
+            "usr/lib/systemd/boot/efi/systemd-bootx64.efi",
+        ))
     }
 
     /// The snakeoil key without its passphrase (`snakeoil`, README.Debian).

@@ -347,7 +347,7 @@ fn put_u32(out: &mut [u8], at: usize, value: u32) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use object::read::pe::PeFile64;
     use object::{Object, ObjectSection};
@@ -665,7 +665,7 @@ mod tests {
     }
 
     /// The contents of `wanted` in the `.deb` at `deb`.
-    fn file_from_deb(deb: &std::path::Path, wanted: &str) -> Vec<u8> {
+    pub(crate) fn file_from_deb(deb: &std::path::Path, wanted: &str) -> Vec<u8> {
         use applbuild_rootfs::deb_archive::{DebArchive, DebError, EntryKind};
         let archive = DebArchive::open(deb).unwrap();
         let mut found = None;
