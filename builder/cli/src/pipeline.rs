@@ -26,7 +26,7 @@ use crate::uefi::{self, EfiBinaries, UkiInputs};
 use applbuild_deb::package_index::{PackageIndex, PackageRecord};
 use applbuild_deb::resolver::{self, ResolveRequest};
 use applbuild_fs::write_atomic;
-use applbuild_image::disk_image::{self, PartitionContent, PartitionSource};
+use applbuild_image::disk_image::{self, PartitionContent, PartitionKind, PartitionSource};
 use applbuild_image::initramfs::{self, SegmentPlan};
 use applbuild_image::manifest::{Artifact, MANIFEST_FILE, Manifest, ManifestPackage, sha256_file};
 use applbuild_image::secure_boot::SigningKey;
@@ -1199,16 +1199,19 @@ fn write_disk_image(dir: &Path, disk: &profile::DiskImage) -> Result<PathBuf, Bu
     let mut partitions = vec![
         PartitionContent {
             name: "kernel",
+            kind: PartitionKind::LinuxData,
             source: PartitionSource::File(&kernel),
         },
         PartitionContent {
             name: "initrd",
+            kind: PartitionKind::LinuxData,
             source: PartitionSource::File(&initrd),
         },
     ];
     if disk.data_mib > 0 {
         partitions.push(PartitionContent {
             name: "data",
+            kind: PartitionKind::LinuxData,
             source: PartitionSource::Zeros {
                 bytes: u64::from(disk.data_mib) << 20,
             },

@@ -14,10 +14,11 @@
 //!
 //! The image ends right after the last partition with the 33 backup
 //! sectors, so the last usable LBA is the last partition's last sector.
-//! Every partition has the type "Linux filesystem data"; the disk GUID and
-//! the partitions' unique GUIDs are derived from SHA-256 digests of the
-//! partitions' numbers, names and contents, so the same inputs give a
-//! byte-identical file. Zero-filled regions are left as holes (the file is
+//! Each partition's type is given by its [`PartitionKind`]: "EFI System"
+//! (what UEFI firmware boots from) or "Linux filesystem data". The disk GUID
+//! and the partitions' unique GUIDs are derived from SHA-256 digests of the
+//! partitions' numbers, names and contents (not their kinds), so the same
+//! inputs give a byte-identical file. Zero-filled regions are left as holes (the file is
 //! sized with `set_len` and only non-zero data is written), so a large
 //! empty partition costs no disk space on file systems with sparse files.
 
@@ -41,9 +42,14 @@ pub const MAX_PARTITIONS: usize = 128;
 /// The longest partition name, in UTF-16 code units.
 pub const MAX_NAME_UNITS: usize = 36;
 
-/// Partition type GUID "Linux filesystem data", given to every partition.
+/// Partition type GUID "Linux filesystem data" ([`PartitionKind::LinuxData`]).
 pub const LINUX_FILESYSTEM_DATA: Guid = Guid([
     0x0F, 0xC6, 0x3D, 0xAF, 0x84, 0x83, 0x47, 0x72, 0x8E, 0x79, 0x3D, 0x69, 0xD8, 0x47, 0x7D, 0xE4,
+]);
+
+/// Partition type GUID "EFI System" ([`PartitionKind::EfiSystem`]).
+pub const EFI_SYSTEM: Guid = Guid([
+    0xC1, 0x2A, 0x73, 0x28, 0xF8, 0x1F, 0x11, 0xD2, 0xBA, 0x4B, 0x00, 0xA0, 0xC9, 0x3E, 0xC9, 0x3B,
 ]);
 
 const MIB: u64 = 1 << 20;
@@ -167,11 +173,32 @@ impl fmt::Display for Guid {
     }
 }
 
-/// One partition's name and content.
+/// What a partition is for, which sets its GPT type GUID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartitionKind {
+    /// An EFI system partition (a FAT file system the firmware boots from).
+    EfiSystem,
+    /// Linux data: a file system, a kernel or raw bytes for the system to read.
+    LinuxData,
+}
+
+impl PartitionKind {
+    /// The partition type GUID: [`EFI_SYSTEM`] or [`LINUX_FILESYSTEM_DATA`].
+    pub fn type_guid(self) -> Guid {
+        match self {
+            Self::EfiSystem => EFI_SYSTEM,
+            Self::LinuxData => LINUX_FILESYSTEM_DATA,
+        }
+    }
+}
+
+/// One partition's name, kind and content.
 #[derive(Debug, Clone, Copy)]
 pub struct PartitionContent<'a> {
     /// GPT partition name (at most [`MAX_NAME_UNITS`] UTF-16 code units).
     pub name: &'a str,
+    /// What the partition is for (its type GUID).
+    pub kind: PartitionKind,
     /// What the partition holds.
     pub source: PartitionSource<'a>,
 }
@@ -195,6 +222,8 @@ pub struct PartitionLayout {
     pub number: u32,
     /// GPT partition name.
     pub name: String,
+    /// What the partition is for (its type GUID).
+    pub kind: PartitionKind,
     /// First sector.
     pub first_lba: u64,
     /// Last sector (inclusive, as GPT records it).
@@ -390,6 +419,7 @@ fn write_partitions(
         layouts.push(PartitionLayout {
             number,
             name: source.content.name.into(),
+            kind: source.content.kind,
             first_lba,
             last_lba,
             size_bytes: (last_lba - first_lba + 1) * SECTOR_SIZE,
@@ -508,7 +538,7 @@ fn protective_mbr(total_lbas: u64) -> [u8; 512] {
 fn entry_array(partitions: &[PartitionLayout]) -> Vec<u8> {
     let mut entries = vec![0u8; ENTRY_ARRAY_BYTES];
     for (entry, partition) in entries.chunks_exact_mut(ENTRY_SIZE).zip(partitions) {
-        entry[0..16].copy_from_slice(&LINUX_FILESYSTEM_DATA.to_gpt_bytes());
+        entry[0..16].copy_from_slice(&partition.kind.type_guid().to_gpt_bytes());
         entry[16..32].copy_from_slice(&partition.guid.to_gpt_bytes());
         entry[32..40].copy_from_slice(&partition.first_lba.to_le_bytes());
         entry[40..48].copy_from_slice(&partition.last_lba.to_le_bytes());
@@ -600,7 +630,8 @@ mod tests {
         }
     }
 
-    /// kernel (1.5 MiB + 5 bytes), initrd (10 bytes), data (3 MiB of zeros).
+    /// kernel (1.5 MiB + 5 bytes, typed EFI System so both kinds are
+    /// covered), initrd (10 bytes), data (3 MiB of zeros).
     fn sample() -> Sample {
         let dir = tempfile::tempdir().unwrap();
         let kernel = dir.path().join("vmlinuz");
@@ -613,14 +644,17 @@ mod tests {
             &[
                 PartitionContent {
                     name: "kernel",
+                    kind: PartitionKind::EfiSystem,
                     source: PartitionSource::File(&kernel),
                 },
                 PartitionContent {
                     name: "initrd",
+                    kind: PartitionKind::LinuxData,
                     source: PartitionSource::File(&initrd),
                 },
                 PartitionContent {
                     name: "data",
+                    kind: PartitionKind::LinuxData,
                     source: PartitionSource::Zeros { bytes: 3 * MIB },
                 },
             ],
@@ -738,7 +772,7 @@ mod tests {
         for (entry, partition) in entries.chunks_exact(128).zip(&layout.partitions) {
             assert_eq!(
                 Guid::from_gpt_bytes(entry[0..16].try_into().unwrap()),
-                LINUX_FILESYSTEM_DATA
+                partition.kind.type_guid()
             );
             let guid = Guid::from_gpt_bytes(entry[16..32].try_into().unwrap());
             assert_eq!(guid, partition.guid);
@@ -754,6 +788,15 @@ mod tests {
             guids.push(guid);
         }
         assert!(entries[3 * 128..].iter().all(|&b| b == 0), "unused entries");
+        let kinds: Vec<PartitionKind> = layout.partitions.iter().map(|p| p.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                PartitionKind::EfiSystem,
+                PartitionKind::LinuxData,
+                PartitionKind::LinuxData
+            ]
+        );
         for guid in &guids {
             assert_eq!(guid.0[6] >> 4, 4, "version 4: {guid}");
             assert_eq!(guid.0[8] >> 6, 0b10, "RFC 4122 variant: {guid}");
@@ -802,14 +845,17 @@ mod tests {
             &[
                 PartitionContent {
                     name: "kernel",
+                    kind: PartitionKind::EfiSystem,
                     source: PartitionSource::File(&kernel),
                 },
                 PartitionContent {
                     name: "initrd",
+                    kind: PartitionKind::LinuxData,
                     source: PartitionSource::File(&first.dir.path().join("initrd.img")),
                 },
                 PartitionContent {
                     name: "data",
+                    kind: PartitionKind::LinuxData,
                     source: PartitionSource::Zeros { bytes: 3 * MIB },
                 },
             ],
@@ -829,6 +875,7 @@ mod tests {
             &path,
             &[PartitionContent {
                 name: "data",
+                kind: PartitionKind::LinuxData,
                 source: PartitionSource::Zeros { bytes: 0 },
             }],
         )
@@ -854,6 +901,17 @@ mod tests {
                 0x7D, 0xE4
             ]
         );
+        assert_eq!(
+            EFI_SYSTEM.to_string(),
+            "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+        );
+        assert_eq!(
+            EFI_SYSTEM.to_gpt_bytes(),
+            [
+                0x28, 0x73, 0x2A, 0xC1, 0x1F, 0xF8, 0xD2, 0x11, 0xBA, 0x4B, 0x00, 0xA0, 0xC9, 0x3E,
+                0xC9, 0x3B
+            ]
+        );
         let guid = Guid::from_digest(&[0xFF; 32]);
         assert_eq!(guid.to_string(), "FFFFFFFF-FFFF-4FFF-BFFF-FFFFFFFFFFFF");
     }
@@ -867,6 +925,7 @@ mod tests {
             &path,
             &[PartitionContent {
                 name: "kernel",
+                kind: PartitionKind::LinuxData,
                 source: PartitionSource::File(&missing),
             }],
         )
@@ -879,6 +938,7 @@ mod tests {
             &path,
             &[PartitionContent {
                 name: &long,
+                kind: PartitionKind::LinuxData,
                 source: PartitionSource::Zeros { bytes: 1 },
             }],
         )
@@ -892,6 +952,7 @@ mod tests {
         let many = vec![
             PartitionContent {
                 name: "p",
+                kind: PartitionKind::LinuxData,
                 source: PartitionSource::Zeros { bytes: 1 },
             };
             129
@@ -906,6 +967,7 @@ mod tests {
             &path,
             &[PartitionContent {
                 name: "huge",
+                kind: PartitionKind::LinuxData,
                 source: PartitionSource::Zeros { bytes: u64::MAX },
             }],
         )
@@ -941,7 +1003,8 @@ mod tests {
     }
 
     /// util-linux must read the table we write: three partitions where we
-    /// put them, with our names, type and GUIDs, and no complaint.
+    /// put them, with our names, types (EFI System and Linux data) and
+    /// GUIDs, and no complaint.
     #[test]
     fn sfdisk_reads_the_partition_table() {
         let Some(sfdisk) = sfdisk() else {
@@ -981,11 +1044,19 @@ mod tests {
         assert_eq!(table["id"], sample.layout.disk_guid.to_string(), "{json}");
         let partitions = table["partitions"].as_array().unwrap();
         assert_eq!(partitions.len(), 3, "{json}");
+        assert_eq!(
+            partitions[0]["type"], "C12A7328-F81F-11D2-BA4B-00A0C93EC93B",
+            "an EFI System partition: {json}"
+        );
+        assert_eq!(
+            partitions[1]["type"], "0FC63DAF-8483-4772-8E79-3D69D8477DE4",
+            "{json}"
+        );
         for (read, written) in partitions.iter().zip(&sample.layout.partitions) {
             assert_eq!(read["start"], written.first_lba, "{json}");
             assert_eq!(read["size"], written.size_bytes / SECTOR_SIZE, "{json}");
             assert_eq!(read["name"], written.name.as_str(), "{json}");
-            assert_eq!(read["type"], LINUX_FILESYSTEM_DATA.to_string(), "{json}");
+            assert_eq!(read["type"], written.kind.type_guid().to_string(), "{json}");
             assert_eq!(read["uuid"], written.guid.to_string(), "{json}");
         }
     }
