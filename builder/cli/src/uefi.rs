@@ -138,7 +138,7 @@ pub fn write_uefi_image(
     qcow2::write_qcow2(&image, &qcow2_path)?;
     [image, bmap_path, qcow2_path]
         .iter()
-        .map(|path| artifact(path))
+        .map(artifact)
         .collect()
 }
 

@@ -155,7 +155,14 @@ fn signed_storage_image_boots_with_secure_boot_and_unsigned_is_refused() {
     let key = dir.path().join("snakeoil.key");
     // The key ships encrypted with the passphrase `snakeoil` (README.Debian).
     let status = Command::new("openssl")
-        .args(["pkey", "-passin", "pass:snakeoil", "-in", SNAKEOIL_KEY, "-out"])
+        .args([
+            "pkey",
+            "-passin",
+            "pass:snakeoil",
+            "-in",
+            SNAKEOIL_KEY,
+            "-out",
+        ])
         .arg(&key)
         .status()
         .unwrap();
@@ -164,7 +171,14 @@ fn signed_storage_image_boots_with_secure_boot_and_unsigned_is_refused() {
     let signed = Command::cargo_bin("applbuild")
         .unwrap()
         .current_dir(workspace())
-        .args(["boot", "storage", "--check", "--json", "--disk", "--secure-boot"])
+        .args([
+            "boot",
+            "storage",
+            "--check",
+            "--json",
+            "--disk",
+            "--secure-boot",
+        ])
         .arg("--out")
         .arg(&out)
         .arg("--secure-boot-key")
@@ -181,12 +195,22 @@ fn signed_storage_image_boots_with_secure_boot_and_unsigned_is_refused() {
     let unsigned = Command::cargo_bin("applbuild")
         .unwrap()
         .current_dir(workspace())
-        .args(["boot", "storage", "--check", "--json", "--disk", "--secure-boot"])
+        .args([
+            "boot",
+            "storage",
+            "--check",
+            "--json",
+            "--disk",
+            "--secure-boot",
+        ])
         .args(["--timeout", "60", "--out"])
         .arg(workspace().join("target/applbuild-images"))
         .output()
         .unwrap();
-    assert!(!unsigned.status.success(), "an unsigned image booted under Secure Boot");
+    assert!(
+        !unsigned.status.success(),
+        "an unsigned image booted under Secure Boot"
+    );
     let serial = std::fs::read_to_string(
         workspace().join("target/applbuild-images/storage/run-secure-boot/serial.log"),
     )

@@ -9,7 +9,9 @@ use std::process::{Command, Output};
 
 use assert_cmd::cargo::CommandCargoExt;
 
-const TOOLS: [&str; 6] = ["sfdisk", "fsck.fat", "mdir", "mtype", "bmaptool", "qemu-img"];
+const TOOLS: [&str; 6] = [
+    "sfdisk", "fsck.fat", "mdir", "mtype", "bmaptool", "qemu-img",
+];
 
 /// The workspace root (the folder with `profiles/`).
 fn workspace() -> PathBuf {
@@ -29,7 +31,10 @@ fn tool(name: &str) -> Option<PathBuf> {
 /// Every tool of [`TOOLS`]; one missing fails under CI=true, else `false`
 /// after a SKIPPED line.
 fn tools_present() -> bool {
-    let missing: Vec<&str> = TOOLS.into_iter().filter(|name| tool(name).is_none()).collect();
+    let missing: Vec<&str> = TOOLS
+        .into_iter()
+        .filter(|name| tool(name).is_none())
+        .collect();
     if missing.is_empty() {
         return true;
     }
@@ -43,7 +48,10 @@ fn tools_present() -> bool {
 
 /// Runs the host tool `name` and asserts it succeeded.
 fn run(name: &str, args: &[&str]) -> Output {
-    let output = Command::new(tool(name).unwrap()).args(args).output().unwrap();
+    let output = Command::new(tool(name).unwrap())
+        .args(args)
+        .output()
+        .unwrap();
     assert!(output.status.success(), "{name} {args:?}: {output:?}");
     output
 }
@@ -84,7 +92,8 @@ fn storage_uefi_disk_is_reproducible_bootable_and_listed() {
     // GPT: partition 1 is the EFI system partition, named `esp`.
     let table = text(&run("sfdisk", &["--json", image_text]));
     assert!(
-        table.contains("C12A7328-F81F-11D2-BA4B-00A0C93EC93B") && table.contains("\"name\":\"esp\""),
+        table.contains("C12A7328-F81F-11D2-BA4B-00A0C93EC93B")
+            && table.contains("\"name\":\"esp\""),
         "{table}"
     );
     run("sfdisk", &["--verify", image_text]);
@@ -101,7 +110,9 @@ fn storage_uefi_disk_is_reproducible_bootable_and_listed() {
     assert!(boot.contains("BOOTX64.EFI"), "{boot}");
     let linux = text(&run("mdir", &["-b", "-i", esp_text, "::/EFI/Linux"]));
     assert!(
-        linux.lines().any(|line| line.contains("/storage-") && line.ends_with(".efi")),
+        linux
+            .lines()
+            .any(|line| line.contains("/storage-") && line.ends_with(".efi")),
         "{linux}"
     );
     let loader = text(&run("mtype", &["-i", esp_text, "::/loader/loader.conf"]));
@@ -113,18 +124,38 @@ fn storage_uefi_disk_is_reproducible_bootable_and_listed() {
     let bmap = first.join("storage/storage.bmap");
     run(
         "bmaptool",
-        &["copy", "--bmap", bmap.to_str().unwrap(), image_text, copy.to_str().unwrap()],
+        &[
+            "copy",
+            "--bmap",
+            bmap.to_str().unwrap(),
+            image_text,
+            copy.to_str().unwrap(),
+        ],
     );
-    assert!(std::fs::read(&copy).unwrap() == bytes, "bmaptool's copy differs");
+    assert!(
+        std::fs::read(&copy).unwrap() == bytes,
+        "bmaptool's copy differs"
+    );
     let qcow2 = first.join("storage/storage.qcow2");
     run(
         "qemu-img",
-        &["compare", "-f", "raw", "-F", "qcow2", image_text, qcow2.to_str().unwrap()],
+        &[
+            "compare",
+            "-f",
+            "raw",
+            "-F",
+            "qcow2",
+            image_text,
+            qcow2.to_str().unwrap(),
+        ],
     );
 
     let sums = std::fs::read_to_string(first.join("storage/SHA256SUMS")).unwrap();
     for name in ["storage.img", "storage.bmap", "storage.qcow2"] {
-        assert!(sums.contains(&format!("  {name}\n")), "{name} not in SHA256SUMS:\n{sums}");
+        assert!(
+            sums.contains(&format!("  {name}\n")),
+            "{name} not in SHA256SUMS:\n{sums}"
+        );
     }
 }
 

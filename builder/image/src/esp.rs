@@ -206,7 +206,7 @@ impl Geometry {
                 size_bytes,
             });
         }
-        if size_bytes % SECTOR_SIZE != 0 {
+        if !size_bytes.is_multiple_of(SECTOR_SIZE) {
             return Err(bad("not a whole number of 512-byte sectors"));
         }
         let total_sectors = u32::try_from(size_bytes / SECTOR_SIZE)

@@ -165,7 +165,14 @@ mod tests {
     fn plain_snakeoil_key(dir: &Path) -> PathBuf {
         let plain = dir.join("snakeoil.key");
         let status = Command::new("openssl")
-            .args(["pkey", "-passin", "pass:snakeoil", "-in", SNAKEOIL_KEY, "-out"])
+            .args([
+                "pkey",
+                "-passin",
+                "pass:snakeoil",
+                "-in",
+                SNAKEOIL_KEY,
+                "-out",
+            ])
             .arg(&plain)
             .status()
             .unwrap();
@@ -207,7 +214,10 @@ mod tests {
             .arg(&unsigned_path)
             .output()
             .unwrap();
-        assert!(!refused.status.success(), "sbverify accepted an unsigned binary");
+        assert!(
+            !refused.status.success(),
+            "sbverify accepted an unsigned binary"
+        );
     }
 
     /// A missing key is named before anything runs.
@@ -219,7 +229,10 @@ mod tests {
             cert: Path::new(SNAKEOIL_CERT),
         };
         let error = sign_pe(b"MZ", "x.efi", key, dir.path()).unwrap_err();
-        assert!(matches!(error, SigningError::KeyFile { what: "key", .. }), "{error}");
+        assert!(
+            matches!(error, SigningError::KeyFile { what: "key", .. }),
+            "{error}"
+        );
         assert!(error.to_string().contains("none.key"), "{error}");
     }
 }

@@ -193,7 +193,7 @@ pub fn build_uki(stub: &[u8], sections: &UkiSections) -> Result<Vec<u8>, UkiErro
         out.resize((raw_offset + raw_size) as usize, 0);
     }
     let size_of_image =
-        round_up(virtual_end, layout.section_alignment).ok_or_else(|| UkiError::TooLarge {
+        round_up(virtual_end, layout.section_alignment).ok_or(UkiError::TooLarge {
             name: ".linux",
             bytes: sections.linux.len(),
         })?;
