@@ -21,6 +21,11 @@
 //! inputs give a byte-identical file. Zero-filled regions are left as holes (the file is
 //! sized with `set_len` and only non-zero data is written), so a large
 //! empty partition costs no disk space on file systems with sparse files.
+//!
+//! Once such an image is on a disk, [`read_partition_table`] lists its
+//! partitions, [`relocate_backup_gpt`] moves the backup GPT to the end of a
+//! disk larger than the image, and [`check_gpt`] checks both tables
+//! (`applbuild flash` uses all three).
 
 use std::fmt;
 use std::fs::File;
@@ -586,6 +591,295 @@ fn gpt_header(fields: &HeaderFields) -> [u8; 512] {
     sector
 }
 
+/// What can go wrong reading, checking or moving the GPT of a disk (or an
+/// image file); the caller names the disk.
+#[derive(Debug, thiserror::Error)]
+pub enum GptError {
+    /// The disk could not be read or written.
+    #[error("cannot read or write the GPT: {0}")]
+    Io(#[from] io::Error),
+    /// Sector 1 holds no GPT header.
+    #[error("no GPT: sector 1 has no `EFI PART` signature")]
+    NoGpt,
+    /// A header is there but cannot be trusted.
+    #[error("the GPT header in sector {lba} is damaged: {problem}")]
+    BadHeader {
+        /// Where the header is.
+        lba: u64,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
+    /// The partition entries do not have the CRC32 their header records.
+    #[error("the GPT partition entries at sector {lba} do not match their header's CRC32")]
+    BadEntries {
+        /// Where the entry array starts.
+        lba: u64,
+    },
+    /// The disk ends before the place its GPT needs.
+    #[error(
+        "a disk of {disk_bytes} bytes cannot hold this GPT, whose backup is at sector {backup_lba}"
+    )]
+    DiskTooSmall {
+        /// Size of the disk.
+        disk_bytes: u64,
+        /// Sector of the backup header the table was written with.
+        backup_lba: u64,
+    },
+}
+
+/// A GPT as read from a disk or an image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionTable {
+    /// The disk GUID.
+    pub disk_guid: Guid,
+    /// First sector a partition may use.
+    pub first_usable_lba: u64,
+    /// Last sector a partition may use.
+    pub last_usable_lba: u64,
+    /// Sector of the backup header, as the primary header records it.
+    pub backup_lba: u64,
+    /// The used entries, in table order.
+    pub partitions: Vec<TablePartition>,
+}
+
+/// One used entry of a [`PartitionTable`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TablePartition {
+    /// Partition number, from 1: the entry's place in the array.
+    pub number: u32,
+    /// GPT partition name.
+    pub name: String,
+    /// Partition type GUID.
+    pub type_guid: Guid,
+    /// The partition's unique GUID.
+    pub guid: Guid,
+    /// First sector.
+    pub first_lba: u64,
+    /// Last sector (inclusive).
+    pub last_lba: u64,
+}
+
+impl TablePartition {
+    /// Size of the partition in bytes.
+    pub fn size_bytes(&self) -> u64 {
+        (self.last_lba + 1).saturating_sub(self.first_lba) * SECTOR_SIZE
+    }
+}
+
+/// Entry arrays past this size are taken for garbage rather than allocated.
+const MAX_ENTRY_ARRAY_BYTES: u64 = 1 << 20;
+
+/// A header sector that passed its checks, with the fields relocation and
+/// listing use.
+struct ReadHeader {
+    sector: [u8; 512],
+    size: usize,
+    alternate_lba: u64,
+    first_usable_lba: u64,
+    last_usable_lba: u64,
+    entries_lba: u64,
+    entry_count: u64,
+    entry_size: u64,
+    entries_crc: u32,
+}
+
+/// Reads the GPT of `file` through its primary header (sector 1); `None`
+/// when sector 1 has no GPT signature (an empty or MBR disk).
+pub fn read_partition_table(file: &File) -> Result<Option<PartitionTable>, GptError> {
+    let Some(header) = read_header(file, 1)? else {
+        return Ok(None);
+    };
+    let entries = read_entries(file, &header)?;
+    let partitions = entries
+        .chunks_exact(header.entry_size as usize)
+        .enumerate()
+        .filter(|(_, entry)| entry[0..16].iter().any(|&byte| byte != 0))
+        .map(|(index, entry)| table_partition(index, entry))
+        .collect();
+    Ok(Some(PartitionTable {
+        disk_guid: Guid::from_gpt_bytes(header.sector[56..72].try_into().expect("16 bytes")),
+        first_usable_lba: header.first_usable_lba,
+        last_usable_lba: header.last_usable_lba,
+        backup_lba: header.alternate_lba,
+        partitions,
+    }))
+}
+
+/// Checks the whole GPT of a disk of `disk_bytes`: the primary header and
+/// entries, a backup header in the disk's last sector that points back to
+/// sector 1, and backup entries equal to the primary ones.
+pub fn check_gpt(file: &File, disk_bytes: u64) -> Result<PartitionTable, GptError> {
+    let table = read_partition_table(file)?.ok_or(GptError::NoGpt)?;
+    let last_lba = (disk_bytes / SECTOR_SIZE).saturating_sub(1);
+    if table.backup_lba != last_lba {
+        return Err(GptError::BadHeader {
+            lba: 1,
+            problem: "its backup header is not in the disk's last sector",
+        });
+    }
+    let primary = read_header(file, 1)?.ok_or(GptError::NoGpt)?;
+    let backup = read_header(file, last_lba)?.ok_or(GptError::BadHeader {
+        lba: last_lba,
+        problem: "no `EFI PART` signature",
+    })?;
+    if backup.alternate_lba != 1 {
+        return Err(GptError::BadHeader {
+            lba: last_lba,
+            problem: "it does not point back to the primary header",
+        });
+    }
+    if read_entries(file, &backup)? != read_entries(file, &primary)? {
+        return Err(GptError::BadEntries {
+            lba: backup.entries_lba,
+        });
+    }
+    Ok(table)
+}
+
+/// Moves the backup GPT of an image written onto a disk of `disk_bytes`
+/// to the disk's end: the backup entries and header go to the last
+/// sectors, the primary header gets the new backup and last usable
+/// sectors (and CRC), the protective MBR the new size, and the old backup
+/// header is zeroed. Without this a larger disk has its backup GPT in the
+/// middle and its free space unusable, which `sfdisk --verify` reports.
+/// Returns whether anything moved (not when the disk is the image's size).
+pub fn relocate_backup_gpt(file: &File, disk_bytes: u64) -> Result<bool, GptError> {
+    let primary = read_header(file, 1)?.ok_or(GptError::NoGpt)?;
+    let entries = read_entries(file, &primary)?;
+    let last_lba = (disk_bytes / SECTOR_SIZE).saturating_sub(1);
+    if last_lba == primary.alternate_lba {
+        return Ok(false);
+    }
+    if last_lba < primary.alternate_lba {
+        return Err(GptError::DiskTooSmall {
+            disk_bytes,
+            backup_lba: primary.alternate_lba,
+        });
+    }
+    let backup_entries_lba = last_lba - (entries.len() as u64).div_ceil(SECTOR_SIZE);
+    let last_usable_lba = backup_entries_lba - 1;
+    // The old backup sector is zeroed first: with a disk only a few sectors
+    // larger it lies inside the new backup entries.
+    file.write_all_at(&[0u8; 512], primary.alternate_lba * SECTOR_SIZE)?;
+    file.write_all_at(&entries, backup_entries_lba * SECTOR_SIZE)?;
+    let backup = patched_header(&primary, last_lba, 1, last_usable_lba, backup_entries_lba);
+    file.write_all_at(&backup, last_lba * SECTOR_SIZE)?;
+    let moved = patched_header(&primary, 1, last_lba, last_usable_lba, primary.entries_lba);
+    file.write_all_at(&moved, SECTOR_SIZE)?;
+    let mut mbr = [0u8; 512];
+    file.read_exact_at(&mut mbr, 0)?;
+    if mbr[446 + 4] == 0xEE && mbr[510..512] == [0x55, 0xAA] {
+        let size = u32::try_from(last_lba).unwrap_or(u32::MAX);
+        mbr[446 + 12..446 + 16].copy_from_slice(&size.to_le_bytes());
+        file.write_all_at(&mbr, 0)?;
+    }
+    Ok(true)
+}
+
+/// The header in sector `lba`, checked (signature, size, CRC32, its own
+/// position, the entry array's shape); `None` without a signature.
+fn read_header(file: &File, lba: u64) -> Result<Option<ReadHeader>, GptError> {
+    let mut sector = [0u8; 512];
+    match file.read_exact_at(&mut sector, lba * SECTOR_SIZE) {
+        Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        result => result?,
+    }
+    if &sector[0..8] != SIGNATURE {
+        return Ok(None);
+    }
+    let bad = |problem| GptError::BadHeader { lba, problem };
+    let size = u32_le(&sector, 12) as usize;
+    if !(HEADER_SIZE..=512).contains(&size) {
+        return Err(bad("its size is not between 92 and 512 bytes"));
+    }
+    let mut zeroed = sector;
+    zeroed[16..20].fill(0);
+    if crc32fast::hash(&zeroed[..size]) != u32_le(&sector, 16) {
+        return Err(bad("its CRC32 does not match"));
+    }
+    if u64_le(&sector, 24) != lba {
+        return Err(bad("it records another sector as its own"));
+    }
+    let (entry_count, entry_size) = (
+        u64::from(u32_le(&sector, 80)),
+        u64::from(u32_le(&sector, 84)),
+    );
+    if entry_size < ENTRY_SIZE as u64
+        || entry_size % 8 != 0
+        || entry_count * entry_size > MAX_ENTRY_ARRAY_BYTES
+    {
+        return Err(bad("its partition entry array has an impossible shape"));
+    }
+    Ok(Some(ReadHeader {
+        sector,
+        size,
+        alternate_lba: u64_le(&sector, 32),
+        first_usable_lba: u64_le(&sector, 40),
+        last_usable_lba: u64_le(&sector, 48),
+        entries_lba: u64_le(&sector, 72),
+        entry_count,
+        entry_size,
+        entries_crc: u32_le(&sector, 88),
+    }))
+}
+
+/// The entry array `header` describes, checked against its CRC32.
+fn read_entries(file: &File, header: &ReadHeader) -> Result<Vec<u8>, GptError> {
+    let mut entries = vec![0u8; (header.entry_count * header.entry_size) as usize];
+    file.read_exact_at(&mut entries, header.entries_lba * SECTOR_SIZE)?;
+    if crc32fast::hash(&entries) != header.entries_crc {
+        return Err(GptError::BadEntries {
+            lba: header.entries_lba,
+        });
+    }
+    Ok(entries)
+}
+
+/// The used entry at `index` of an entry array.
+fn table_partition(index: usize, entry: &[u8]) -> TablePartition {
+    let units: Vec<u16> = entry[56..128]
+        .chunks_exact(2)
+        .map(|pair| u16::from_le_bytes([pair[0], pair[1]]))
+        .take_while(|&unit| unit != 0)
+        .collect();
+    TablePartition {
+        number: u32::try_from(index + 1).expect("at most 8192 entries"),
+        name: String::from_utf16_lossy(&units),
+        type_guid: Guid::from_gpt_bytes(entry[0..16].try_into().expect("16 bytes")),
+        guid: Guid::from_gpt_bytes(entry[16..32].try_into().expect("16 bytes")),
+        first_lba: u64_le(entry, 32),
+        last_lba: u64_le(entry, 40),
+    }
+}
+
+/// `header`'s sector with new positions, its CRC32 recomputed; every
+/// other field (GUIDs, first usable sector, entry shape) is kept.
+fn patched_header(
+    header: &ReadHeader,
+    my_lba: u64,
+    alternate_lba: u64,
+    last_usable_lba: u64,
+    entries_lba: u64,
+) -> [u8; 512] {
+    let mut sector = header.sector;
+    sector[24..32].copy_from_slice(&my_lba.to_le_bytes());
+    sector[32..40].copy_from_slice(&alternate_lba.to_le_bytes());
+    sector[48..56].copy_from_slice(&last_usable_lba.to_le_bytes());
+    sector[72..80].copy_from_slice(&entries_lba.to_le_bytes());
+    sector[16..20].fill(0);
+    let crc = crc32fast::hash(&sector[..header.size]);
+    sector[16..20].copy_from_slice(&crc.to_le_bytes());
+    sector
+}
+
+fn u32_le(bytes: &[u8], offset: usize) -> u32 {
+    u32::from_le_bytes(bytes[offset..offset + 4].try_into().expect("4 bytes"))
+}
+
+fn u64_le(bytes: &[u8], offset: usize) -> u64 {
+    u64::from_le_bytes(bytes[offset..offset + 8].try_into().expect("8 bytes"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1059,5 +1353,190 @@ mod tests {
             assert_eq!(read["type"], written.kind.type_guid().to_string(), "{json}");
             assert_eq!(read["uuid"], written.guid.to_string(), "{json}");
         }
+    }
+
+    /// The sample image copied into a file of `extra_bytes` more (zeros).
+    fn sample_on_larger_disk(sample: &Sample, extra_bytes: u64) -> (PathBuf, File) {
+        let path = sample.dir.path().join("larger-disk");
+        std::fs::write(&path, &sample.image).unwrap();
+        let file = File::options().read(true).write(true).open(&path).unwrap();
+        file.set_len(sample.image.len() as u64 + extra_bytes)
+            .unwrap();
+        (path, file)
+    }
+
+    #[test]
+    fn the_written_table_reads_back() {
+        let sample = sample();
+        let file = File::open(sample.image_path()).unwrap();
+        let table = read_partition_table(&file).unwrap().unwrap();
+        assert_eq!(table.disk_guid, sample.layout.disk_guid);
+        assert_eq!(table.first_usable_lba, 34);
+        assert_eq!(table.backup_lba, sample.layout.total_lbas - 1);
+        let read: Vec<(u32, &str, Guid, Guid, u64, u64, u64)> = table
+            .partitions
+            .iter()
+            .map(|p| {
+                let (name, size) = (p.name.as_str(), p.size_bytes());
+                (
+                    p.number,
+                    name,
+                    p.type_guid,
+                    p.guid,
+                    p.first_lba,
+                    p.last_lba,
+                    size,
+                )
+            })
+            .collect();
+        let written: Vec<(u32, &str, Guid, Guid, u64, u64, u64)> = sample
+            .layout
+            .partitions
+            .iter()
+            .map(|p| {
+                let (name, kind) = (p.name.as_str(), p.kind.type_guid());
+                (
+                    p.number,
+                    name,
+                    kind,
+                    p.guid,
+                    p.first_lba,
+                    p.last_lba,
+                    p.size_bytes,
+                )
+            })
+            .collect();
+        assert_eq!(read, written);
+        assert_eq!(check_gpt(&file, sample.image.len() as u64).unwrap(), table);
+    }
+
+    #[test]
+    fn no_table_and_damaged_tables_are_told_apart() {
+        let sample = sample();
+        let dir = sample.dir.path();
+        let blank = dir.join("blank");
+        std::fs::write(&blank, vec![0u8; 64 * 1024]).unwrap();
+        assert_eq!(
+            read_partition_table(&File::open(&blank).unwrap()).unwrap(),
+            None
+        );
+        let tiny = dir.join("tiny");
+        std::fs::write(&tiny, [0u8; 100]).unwrap();
+        assert_eq!(
+            read_partition_table(&File::open(&tiny).unwrap()).unwrap(),
+            None
+        );
+
+        let mut bad_header = sample.image.clone();
+        bad_header[512 + 40] ^= 1;
+        std::fs::write(&blank, &bad_header).unwrap();
+        let error = read_partition_table(&File::open(&blank).unwrap()).unwrap_err();
+        assert!(
+            matches!(error, GptError::BadHeader { lba: 1, .. }),
+            "{error}"
+        );
+        assert!(error.to_string().contains("CRC32"), "{error}");
+
+        let mut bad_entries = sample.image.clone();
+        bad_entries[2 * 512 + 56] ^= 1;
+        std::fs::write(&blank, &bad_entries).unwrap();
+        let error = read_partition_table(&File::open(&blank).unwrap()).unwrap_err();
+        assert!(matches!(error, GptError::BadEntries { lba: 2 }), "{error}");
+    }
+
+    #[test]
+    fn relocation_moves_the_backup_to_the_end_of_a_larger_disk() {
+        let sample = sample();
+        let extra = 10 * MIB + 7 * SECTOR_SIZE;
+        let (_, file) = sample_on_larger_disk(&sample, extra);
+        let disk_bytes = sample.image.len() as u64 + extra;
+        let error = check_gpt(&file, disk_bytes).unwrap_err();
+        assert!(
+            error.to_string().contains("not in the disk's last sector"),
+            "{error}"
+        );
+
+        assert!(relocate_backup_gpt(&file, disk_bytes).unwrap());
+        let table = check_gpt(&file, disk_bytes).unwrap();
+        let last = disk_bytes / SECTOR_SIZE - 1;
+        assert_eq!(table.backup_lba, last);
+        assert_eq!(table.last_usable_lba, last - 33);
+        assert_eq!(table.first_usable_lba, 34);
+        assert_eq!(table.disk_guid, sample.layout.disk_guid);
+        assert_eq!(table.partitions.len(), 3);
+
+        let disk = std::fs::read(sample.dir.path().join("larger-disk")).unwrap();
+        let backup = sector(&disk, last);
+        assert!(header_crc_is_valid(backup));
+        assert_eq!(u64_at(backup, 24), last);
+        assert_eq!(u64_at(backup, 32), 1);
+        assert_eq!(u64_at(backup, 48), last - 33);
+        assert_eq!(u64_at(backup, 72), last - 32);
+        assert!(header_crc_is_valid(sector(&disk, 1)));
+        assert_eq!(u64::from(u32_at(sector(&disk, 0), 446 + 12)), last);
+        let old_backup = sample.layout.total_lbas - 1;
+        assert!(
+            sector(&disk, old_backup).iter().all(|&b| b == 0),
+            "old backup zeroed"
+        );
+        // The partitions and their contents are untouched.
+        let start = (2 * 512) as usize;
+        assert_eq!(disk[start..34 * 512], sample.image[start..34 * 512]);
+        assert_eq!(
+            disk[34 * 512..old_backup as usize * 512 - 32 * 512],
+            sample.image[34 * 512..old_backup as usize * 512 - 32 * 512]
+        );
+
+        assert!(
+            !relocate_backup_gpt(&file, disk_bytes).unwrap(),
+            "done once is enough"
+        );
+    }
+
+    #[test]
+    fn relocation_by_a_few_sectors_and_refusals() {
+        let sample = sample();
+        let (_, file) = sample_on_larger_disk(&sample, 3 * SECTOR_SIZE);
+        let disk_bytes = sample.image.len() as u64 + 3 * SECTOR_SIZE;
+        assert!(relocate_backup_gpt(&file, disk_bytes).unwrap());
+        let table = check_gpt(&file, disk_bytes).unwrap();
+        assert_eq!(table.backup_lba, disk_bytes / SECTOR_SIZE - 1);
+
+        let image = File::open(sample.image_path()).unwrap();
+        let same = sample.image.len() as u64;
+        assert!(
+            !relocate_backup_gpt(&image, same).unwrap(),
+            "the image's own size"
+        );
+        let error = relocate_backup_gpt(&image, same - SECTOR_SIZE).unwrap_err();
+        assert!(matches!(error, GptError::DiskTooSmall { .. }), "{error}");
+
+        let blank = sample.dir.path().join("blank");
+        std::fs::write(&blank, vec![0u8; 64 * 1024]).unwrap();
+        let error = relocate_backup_gpt(&File::open(&blank).unwrap(), 64 * 1024).unwrap_err();
+        assert!(matches!(error, GptError::NoGpt), "{error}");
+    }
+
+    /// util-linux finds nothing wrong with a relocated table: the backup at
+    /// the end, the free space after the last partition usable.
+    #[test]
+    fn sfdisk_verifies_a_relocated_table() {
+        let Some(sfdisk) = sfdisk() else {
+            return;
+        };
+        let sample = sample();
+        let (path, file) = sample_on_larger_disk(&sample, 16 * MIB);
+        relocate_backup_gpt(&file, sample.image.len() as u64 + 16 * MIB).unwrap();
+        drop(file);
+        let verify = std::process::Command::new(&sfdisk)
+            .arg("--verify")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&verify.stdout);
+        let err = String::from_utf8_lossy(&verify.stderr);
+        assert!(verify.status.success(), "{out}{err}");
+        assert!(out.contains("No errors detected"), "{out}{err}");
+        assert!(err.trim().is_empty(), "{err}");
     }
 }
