@@ -2,10 +2,12 @@
 //! profile, resolves its packages against verified mirrors
 //! (`applbuild-repo`, `applbuild-deb`), assembles the root file system
 //! (`applbuild-rootfs`), writes the image files (`applbuild-image`) and boots
-//! them (`applbuild-vm`); `sources` fetches the image's source packages.
+//! them (`applbuild-vm`); `sources` fetches the image's source packages and
+//! `flash` writes a disk image onto a disk.
 //! See `docs/architecture.md` for the data flow.
 
 pub mod boot;
+pub mod flash;
 pub mod lockfile;
 pub mod pipeline;
 pub mod profile;

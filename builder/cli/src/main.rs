@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
 use applbuild::boot::{self, AccelArg, BootReport};
+use applbuild::flash::{self, FlashSource, Target};
 use applbuild::pipeline::{self, BuildOptions, BuildReport, Project};
 use applbuild::profile;
 use applbuild_progress::Reporter;
@@ -30,6 +31,7 @@ use applbuild_vm::{machine, process};
 ///   applbuild boot storage              # serial console on this terminal (Ctrl-a x quits)
 ///   applbuild boot storage --check      # headless: boot, health checks, power off
 ///   applbuild boot storage --disk --check  # the same, booting storage.img through UEFI firmware
+///   applbuild flash hypervisor /dev/sdX  # write hypervisor.img onto a disk or a USB stick
 #[derive(Parser)]
 #[command(name = "applbuild", version, verbatim_doc_comment)]
 struct Cli {
@@ -185,6 +187,45 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<std::ffi::OsString>,
     },
+    /// Write a UEFI disk image onto a disk or a USB stick, and verify it.
+    ///
+    /// The image is a profile's `<profile>.img` or another .img. Writes
+    /// only the block ranges of its .bmap (what `bmaptool copy` does),
+    /// syncs, reads every range back and checks its SHA256 against the
+    /// bmap, then moves the backup GPT to the end of a larger disk (and
+    /// checks both tables) and has the kernel re-read the partition table.
+    /// Shows the device's model, size and partitions first and asks for
+    /// `yes` (see --yes).
+    ///
+    /// Refused, before anything is written: a device that is in use (it is
+    /// opened with O_EXCL, so a mounted disk or partition is refused), the
+    /// disk holding /, /boot, /boot/efi or /usr, a device smaller than the
+    /// image or with sectors other than 512 bytes, anything that is neither
+    /// a block device nor a regular file. See docs/flashing.md. Examples:
+    ///   applbuild flash hypervisor /dev/sdX             # out/hypervisor/hypervisor.img
+    ///   applbuild flash out/storage/storage.img /dev/disk/by-id/usb-...
+    ///   applbuild flash storage /dev/sdX --yes --json   # unattended, summary for CI
+    #[command(verbatim_doc_comment)]
+    Flash {
+        /// A profile name (then `<out>/<profile>/<profile>.img`) or the path
+        /// of an .img file (anything with a `/` or ending in `.img`); its
+        /// .bmap must be beside it.
+        #[arg(value_name = "PROFILE|IMAGE")]
+        image: String,
+        /// The whole disk to write (/dev/sdX, /dev/nvme0n1,
+        /// /dev/disk/by-id/...), or a regular file.
+        #[arg(value_name = "DEVICE")]
+        device: PathBuf,
+        /// Output folder holding the profile's image [default: out/ in the project folder].
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Write without asking (needed when standard input is not a terminal).
+        #[arg(long, short = 'y')]
+        yes: bool,
+        /// Print a JSON summary on standard output instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove built images (and with --cache, the download cache).
     Clean {
         /// Output folder [default: out/ in the project folder].
@@ -304,34 +345,38 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
-    let project = match &cli.project {
-        Some(dir) => Project::at(dir),
-        None => Project::find(&std::env::current_dir()?)?,
+    // Looked for only by the commands that need it: flashing an image
+    // path, or with --out, works anywhere.
+    let project = || -> Result<Project> {
+        Ok(match &cli.project {
+            Some(dir) => Project::at(dir),
+            None => Project::find(&std::env::current_dir()?)?,
+        })
     };
-    match cli.command {
+    match &cli.command {
         Command::Build {
             profiles,
             build,
             json,
-        } => build_profiles(&project, &profiles, &build, json),
+        } => build_profiles(&project()?, profiles, build, *json),
         Command::Update {
             profiles,
             dry_run,
             build,
             json,
-        } => run_update(&project, &profiles, &build, dry_run, json),
+        } => run_update(&project()?, profiles, build, *dry_run, *json),
         Command::Sources {
             profiles,
             build,
             json,
-        } => fetch_sources(&project, &profiles, &build, json),
-        Command::List { json } => list_profiles(&project, json),
+        } => fetch_sources(&project()?, profiles, build, *json),
+        Command::List { json } => list_profiles(&project()?, *json),
         Command::Show {
             profile,
             build,
             no_packages,
             json,
-        } => show_profile(&project, &profile, &build, no_packages, json),
+        } => show_profile(&project()?, profile, build, *no_packages, *json),
         Command::Boot {
             profile,
             check,
@@ -343,27 +388,53 @@ fn run(cli: Cli) -> Result<ExitCode> {
             build,
         } => {
             let options = BootOptions {
-                check,
-                accel: accel.into(),
-                timeout,
-                json,
-                from: if disk {
-                    boot::BootFrom::Disk { secure_boot }
+                check: *check,
+                accel: (*accel).into(),
+                timeout: *timeout,
+                json: *json,
+                from: if *disk {
+                    boot::BootFrom::Disk {
+                        secure_boot: *secure_boot,
+                    }
                 } else {
                     boot::BootFrom::Kernel
                 },
             };
-            boot_profile(&project, &profile, &build, &options)
+            boot_profile(&project()?, profile, build, &options)
         }
-        Command::Test { args } => run_acceptance_suite(&project, &args),
+        Command::Test { args } => run_acceptance_suite(&project()?, args),
+        Command::Flash {
+            image,
+            device,
+            out,
+            yes,
+            json,
+        } => {
+            let request = FlashRequest {
+                image,
+                device,
+                out: out.as_deref(),
+                yes: *yes,
+                json: *json,
+            };
+            flash_image(&request, project)
+        }
         Command::Clean {
             out,
             cache_dir,
             cache,
         } => {
-            remove_dir(&out.unwrap_or_else(|| project.root().join("out")))?;
-            if cache {
-                remove_dir(&cache_dir.unwrap_or_else(pipeline::default_cache_dir))?;
+            let out = match out {
+                Some(dir) => dir.clone(),
+                None => project()?.root().join("out"),
+            };
+            remove_dir(&out)?;
+            if *cache {
+                remove_dir(
+                    &cache_dir
+                        .clone()
+                        .unwrap_or_else(pipeline::default_cache_dir),
+                )?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -629,6 +700,74 @@ fn boot_interactive(mut spec: qemu::VmSpec) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The arguments of `applbuild flash`.
+struct FlashRequest<'a> {
+    image: &'a str,
+    device: &'a Path,
+    out: Option<&'a Path>,
+    yes: bool,
+    json: bool,
+}
+
+/// `applbuild flash`: checks, shows the target, asks, writes, verifies.
+fn flash_image(
+    request: &FlashRequest,
+    project: impl FnOnce() -> Result<Project>,
+) -> Result<ExitCode> {
+    let source = if request.image.contains('/') || request.image.ends_with(".img") {
+        FlashSource::for_image(Path::new(request.image))?
+    } else {
+        let out = match request.out {
+            Some(dir) => dir.to_path_buf(),
+            None => project()?.root().join("out"),
+        };
+        FlashSource::for_profile(&out, request.image)?
+    };
+    let bmap = source.read_bmap()?;
+    let target = Target::open(request.device)?;
+    target.check_fits(bmap.image_size)?;
+    eprintln!(
+        "image  {}: {}, {} in {} mapped range(s)",
+        source.image.display(),
+        flash::human_size(bmap.image_size),
+        flash::human_size(flash::mapped_bytes(&bmap)),
+        bmap.ranges.len()
+    );
+    eprint!("device {}", target.describe());
+    flash::confirm(&target.path, request.yes)?;
+    let reporter = if request.json {
+        Reporter::hidden()
+    } else {
+        Reporter::for_terminal()
+    };
+    let report = flash::flash(&source, &bmap, &target, &reporter).with_context(|| {
+        format!(
+            "flashing {} onto {}",
+            source.image.display(),
+            target.path.display()
+        )
+    })?;
+    for warning in &report.warnings {
+        eprintln!("warning: {warning}");
+    }
+    if request.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "{}: wrote {} in {} range(s) and verified each against the bmap{}",
+            report.device.display(),
+            flash::human_size(report.bytes_written),
+            report.ranges_verified,
+            if report.backup_gpt_moved {
+                "; backup GPT moved to the end of the disk"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The suite lives in its own crate (it drives this one's library), so it
