@@ -353,30 +353,30 @@ fn run(cli: Cli) -> Result<ExitCode> {
             None => Project::find(&std::env::current_dir()?)?,
         })
     };
-    match &cli.command {
+    match cli.command {
         Command::Build {
             profiles,
             build,
             json,
-        } => build_profiles(&project()?, profiles, build, *json),
+        } => build_profiles(&project()?, &profiles, &build, json),
         Command::Update {
             profiles,
             dry_run,
             build,
             json,
-        } => run_update(&project()?, profiles, build, *dry_run, *json),
+        } => run_update(&project()?, &profiles, &build, dry_run, json),
         Command::Sources {
             profiles,
             build,
             json,
-        } => fetch_sources(&project()?, profiles, build, *json),
-        Command::List { json } => list_profiles(&project()?, *json),
+        } => fetch_sources(&project()?, &profiles, &build, json),
+        Command::List { json } => list_profiles(&project()?, json),
         Command::Show {
             profile,
             build,
             no_packages,
             json,
-        } => show_profile(&project()?, profile, build, *no_packages, *json),
+        } => show_profile(&project()?, &profile, &build, no_packages, json),
         Command::Boot {
             profile,
             check,
@@ -388,21 +388,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             build,
         } => {
             let options = BootOptions {
-                check: *check,
-                accel: (*accel).into(),
-                timeout: *timeout,
-                json: *json,
-                from: if *disk {
-                    boot::BootFrom::Disk {
-                        secure_boot: *secure_boot,
-                    }
+                check,
+                accel: accel.into(),
+                timeout,
+                json,
+                from: if disk {
+                    boot::BootFrom::Disk { secure_boot }
                 } else {
                     boot::BootFrom::Kernel
                 },
             };
-            boot_profile(&project()?, profile, build, &options)
+            boot_profile(&project()?, &profile, &build, &options)
         }
-        Command::Test { args } => run_acceptance_suite(&project()?, args),
+        Command::Test { args } => run_acceptance_suite(&project()?, &args),
         Command::Flash {
             image,
             device,
@@ -411,11 +409,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             json,
         } => {
             let request = FlashRequest {
-                image,
-                device,
+                image: &image,
+                device: &device,
                 out: out.as_deref(),
-                yes: *yes,
-                json: *json,
+                yes,
+                json,
             };
             flash_image(&request, project)
         }
@@ -425,16 +423,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             cache,
         } => {
             let out = match out {
-                Some(dir) => dir.clone(),
+                Some(dir) => dir,
                 None => project()?.root().join("out"),
             };
             remove_dir(&out)?;
-            if *cache {
-                remove_dir(
-                    &cache_dir
-                        .clone()
-                        .unwrap_or_else(pipeline::default_cache_dir),
-                )?;
+            if cache {
+                remove_dir(&cache_dir.unwrap_or_else(pipeline::default_cache_dir))?;
             }
             Ok(ExitCode::SUCCESS)
         }
