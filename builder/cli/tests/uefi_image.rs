@@ -91,9 +91,11 @@ fn storage_uefi_disk_is_reproducible_bootable_and_listed() {
 
     // GPT: partition 1 is the EFI system partition, named `esp`.
     let table = text(&run("sfdisk", &["--json", image_text]));
+    let parsed: serde_json::Value = serde_json::from_str(&table).unwrap();
+    let first_partition = &parsed["partitiontable"]["partitions"][0];
     assert!(
-        table.contains("C12A7328-F81F-11D2-BA4B-00A0C93EC93B")
-            && table.contains("\"name\":\"esp\""),
+        first_partition["type"] == "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+            && first_partition["name"] == "esp",
         "{table}"
     );
     run("sfdisk", &["--verify", image_text]);

@@ -220,6 +220,48 @@ mod tests {
         );
     }
 
+    /// A UKI made from Debian's stub, signed, verifies with `sbverify`,
+    /// which hashes the sections as UEFI firmware does: no gap between
+    /// sections escapes the hash.
+    #[test]
+    fn a_signed_uki_verifies_as_the_firmware_hashes_it() {
+        if !have_tools() {
+            return;
+        }
+        let Some(deb) =
+            applbuild_testdata::or_skip(applbuild_testdata::locked_deb("systemd-boot-efi"))
+        else {
+            return;
+        };
+        let stub = crate::uki::tests::file_from_deb(
+            &deb.path,
+            "usr/lib/systemd/boot/efi/linuxx64.efi.stub",
+        );
+        let (linux, initrd) = (vec![0x4Du8; 1 << 20], vec![0x07u8; 1 << 19]);
+        let sections = crate::uki::UkiSections {
+            osrel: b"ID=debian\n",
+            uname: b"6.1.0-50-amd64",
+            cmdline: b"console=ttyS0",
+            initrd: &initrd,
+            linux: &linux,
+        };
+        let uki = crate::uki::build_uki(&stub, &sections).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let key_path = plain_snakeoil_key(dir.path());
+        let key = SigningKey {
+            key: &key_path,
+            cert: Path::new(SNAKEOIL_CERT),
+        };
+        let signed = dir.path().join("uki.efi");
+        std::fs::write(&signed, sign_pe(&uki, "uki.efi", key, dir.path()).unwrap()).unwrap();
+        let verify = Command::new("sbverify")
+            .args(["--cert", SNAKEOIL_CERT])
+            .arg(&signed)
+            .output()
+            .unwrap();
+        assert!(verify.status.success(), "{verify:?}");
+    }
+
     /// A missing key is named before anything runs.
     #[test]
     fn a_missing_key_is_named() {

@@ -9,10 +9,16 @@
 //! - the sections `.osrel .uname .cmdline .initrd .linux` are appended in
 //!   that order (`.linux` last, as the stub expects): each one's
 //!   `VirtualAddress` is the end of the previous last section rounded up to
-//!   `SectionAlignment`, its raw data starts at the current file length
-//!   rounded up to `FileAlignment` (a stub may end in an unaligned symbol
-//!   table, which is kept), `SizeOfRawData` is its length rounded up to
+//!   `SectionAlignment`, its raw data starts where the previous section's
+//!   raw data ends, `SizeOfRawData` is its length rounded up to
 //!   `FileAlignment` and `VirtualSize` its exact length;
+//! - whatever follows the stub's last section (Debian's stub ends in a COFF
+//!   symbol table) is dropped and `PointerToSymbolTable`/`NumberOfSymbols`
+//!   are zeroed, as the PE format wants for images: UEFI firmware computes
+//!   the Authenticode hash over the headers and the sections' raw data in
+//!   file order, so bytes between two sections are hashed by a signing tool
+//!   (which hashes the file linearly) but not by the firmware, and Secure
+//!   Boot would refuse the signed UKI ("Access Denied");
 //! - characteristics are `MEM_READ | CNT_INITIALIZED_DATA` (`0x40000040`),
 //!   except `.linux`: `MEM_READ | CNT_CODE` (`0x40000020`), because old
 //!   kernels booted through the EFI handover protocol run in place;
@@ -55,6 +61,9 @@ const OPT_CHECKSUM: usize = 64;
 const NT_NUMBER_OF_SECTIONS: usize = 6;
 /// Offset of the optional header in the NT headers.
 const NT_OPTIONAL_HEADER: usize = 24;
+/// Offsets of `PointerToSymbolTable` and `NumberOfSymbols` in the NT headers.
+const NT_SYMBOL_TABLE: usize = 12;
+const NT_NUMBER_OF_SYMBOLS: usize = 16;
 
 /// The contents of the sections a UKI adds to the stub.
 #[derive(Debug, Clone, Copy)]
@@ -146,6 +155,8 @@ struct StubLayout {
     virtual_end: u32,
     /// `SizeOfInitializedData`.
     initialized_data: u32,
+    /// End of the last section's raw data in the file.
+    raw_end: usize,
 }
 
 /// The stub with the sections of `sections` appended (see the module
@@ -166,7 +177,9 @@ pub fn build_uki(stub: &[u8], sections: &UkiSections) -> Result<Vec<u8>, UkiErro
     {
         return Err(UkiError::EmptySection { name });
     }
-    let mut out = stub.to_vec();
+    let mut out = stub[..layout.raw_end].to_vec();
+    put_u32(&mut out, layout.nt_offset + NT_SYMBOL_TABLE, 0);
+    put_u32(&mut out, layout.nt_offset + NT_NUMBER_OF_SYMBOLS, 0);
     let mut virtual_end = layout.virtual_end;
     let mut initialized_data = layout.initialized_data;
     for (index, (name, bytes)) in SECTION_NAMES.iter().zip(contents).enumerate() {
@@ -257,6 +270,22 @@ fn parse_stub(stub: &[u8]) -> Result<StubLayout, UkiError> {
         })
         .max()
         .unwrap_or(0);
+    let raw_end = table
+        .iter()
+        .map(|h| {
+            h.pointer_to_raw_data
+                .get(LE)
+                .saturating_add(h.size_of_raw_data.get(LE)) as usize
+        })
+        .max()
+        .unwrap_or(0)
+        .max(table_end);
+    if raw_end > stub.len() {
+        return Err(UkiError::NotPe32Plus(format!(
+            "the sections' raw data ends at byte {raw_end}, after the end of the file ({})",
+            stub.len()
+        )));
+    }
     Ok(StubLayout {
         nt_offset: nt_offset as usize,
         table_end,
@@ -265,6 +294,7 @@ fn parse_stub(stub: &[u8]) -> Result<StubLayout, UkiError> {
         file_alignment,
         virtual_end,
         initialized_data: optional.size_of_initialized_data(),
+        raw_end,
     })
 }
 
@@ -398,6 +428,10 @@ pub(crate) mod tests {
         pe.resize(headers + 0x200, 0);
         pe.extend_from_slice(&data);
         pe.resize(headers + 0x400, 0);
+        if tail > 0 {
+            put_u32(&mut pe, E_LFANEW + NT_SYMBOL_TABLE, headers as u32 + 0x400);
+            put_u32(&mut pe, E_LFANEW + NT_NUMBER_OF_SYMBOLS, 1);
+        }
         pe.extend((0..tail).map(|i| i as u8 | 1));
         pe
     }
@@ -448,7 +482,14 @@ pub(crate) mod tests {
             u64::from(optional.file_alignment()),
         );
         let mut previous_end = old.iter().map(|s| s.address() + s.size()).max().unwrap();
-        let mut file_end = stub.len() as u64;
+        let mut file_end = old
+            .iter()
+            .map(|s| {
+                let header = s.pe_section();
+                u64::from(header.pointer_to_raw_data.get(LE) + header.size_of_raw_data.get(LE))
+            })
+            .max()
+            .unwrap();
         for ((section, name), contents) in new[old.len()..].iter().zip(SECTION_NAMES).zip(expected)
         {
             assert_eq!(section.name().unwrap(), name);
@@ -460,7 +501,7 @@ pub(crate) mod tests {
                 previous_end.div_ceil(sa) * sa,
                 "{name} VA"
             );
-            assert_eq!(offset, file_end.div_ceil(fa) * fa, "{name} raw offset");
+            assert_eq!(offset, file_end, "{name} raw offset: no gap");
             assert_eq!(raw_size % fa, 0, "{name} raw size");
             assert_eq!(section.size(), contents.len() as u64, "{name} virtual size");
             assert_eq!(
@@ -507,9 +548,13 @@ pub(crate) mod tests {
         let input = sections(&linux, &initrd);
         let uki = build_uki(&stub, &input).unwrap();
         check_uki(&stub, &uki, &input);
-        // The stub's trailing bytes stay where they were.
-        assert_eq!(&uki[..stub.len()], {
-            let mut head = stub.clone();
+        // The stub up to its last section is kept; its symbol table is not.
+        let kept = 0x800;
+        assert_eq!(&uki[..kept], {
+            let mut head = stub[..kept].to_vec();
+            for at in [NT_SYMBOL_TABLE, NT_NUMBER_OF_SYMBOLS] {
+                put_u32(&mut head, E_LFANEW + at, 0);
+            }
             head[TABLE + 80..TABLE + 80 + 200].copy_from_slice(&uki[TABLE + 80..TABLE + 280]);
             head[E_LFANEW + NT_NUMBER_OF_SECTIONS] = 7;
             for at in [
@@ -524,7 +569,7 @@ pub(crate) mod tests {
         });
         // Concrete numbers for the first section: right after .data.
         assert_eq!(u32_at(&uki, TABLE + 80 + 12), 0x3000);
-        assert_eq!(u32_at(&uki, TABLE + 80 + 20), 0xA00);
+        assert_eq!(u32_at(&uki, TABLE + 80 + 20), 0x800);
     }
 
     #[test]
