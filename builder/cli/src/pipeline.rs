@@ -239,12 +239,21 @@ impl Project {
         self.root.join(LOCKFILE)
     }
 
-    /// Overlay layers of a profile, in the order they apply.
-    pub fn overlay_layers(&self, profile: &str) -> Vec<PathBuf> {
-        vec![
-            self.overlay_dir().join("common"),
-            self.overlay_dir().join(profile),
-        ]
+    /// Overlay layers of a profile, in the order they apply: `common`, then
+    /// one folder per profile of its `extends` chain, the root first and the
+    /// profile itself last, so that a per-machine layer (`extends =
+    /// "hypervisor"`) keeps the hypervisor's files and may replace some.
+    /// A profile without a folder adds nothing.
+    pub fn overlay_layers(&self, loaded: &LoadedProfile) -> Vec<PathBuf> {
+        let chain = loaded
+            .files
+            .iter()
+            .rev()
+            .filter_map(|file| file.file_stem())
+            .map(|name| self.overlay_dir().join(name));
+        std::iter::once(self.overlay_dir().join("common"))
+            .chain(chain)
+            .collect()
     }
 }
 
@@ -767,7 +776,7 @@ fn digest_inputs<'a>(
     let mut hasher = Sha256::new();
     hasher.update(env!("CARGO_PKG_VERSION"));
     hasher.update(loaded.digest());
-    for layer in project.overlay_layers(&loaded.name) {
+    for layer in project.overlay_layers(loaded) {
         hash_tree(&layer, &layer, &mut hasher);
     }
     for (name, version, sha256) in packages {
@@ -1040,7 +1049,7 @@ fn assemble(
     let context = services::template_context(loaded, &modules.kernel_version, &modules.load_order)?;
     let renderer = Renderer::new(&context);
     add_base_layout(&mut tree)?;
-    for item in overlay::read_layers(&project.overlay_layers(&loaded.name), &renderer)? {
+    for item in overlay::read_layers(&project.overlay_layers(loaded), &renderer)? {
         match item.kind {
             OverlayKind::File { contents, mode } => {
                 tree.add_file(&item.path, contents, mode, 0, 0)?
@@ -1336,4 +1345,34 @@ fn add_base_layout(tree: &mut RootfsTree) -> Result<(), BuildError> {
     tree.add_symlink("var/run", "/run")?;
     tree.add_symlink("var/lock", "/run/lock")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A per-machine profile gets the overlay folders of every profile it
+    /// extends, the root's first and its own last.
+    #[test]
+    fn overlay_layers_follow_the_extends_chain() {
+        let project_dir = tempfile::tempdir().unwrap();
+        let profiles = project_dir.path().join("profiles");
+        std::fs::create_dir(&profiles).unwrap();
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../profiles");
+        for name in ["base.toml", "hypervisor.toml"] {
+            std::fs::copy(shipped.join(name), profiles.join(name)).unwrap();
+        }
+        std::fs::write(
+            profiles.join("rack7-hv.toml"),
+            "extends = \"hypervisor\"\nhostname = \"rack7-hv\"\n",
+        )
+        .unwrap();
+        let loaded = profile::load(&profiles, "rack7-hv").unwrap();
+        let project = Project::at(project_dir.path());
+        let overlay = project.overlay_dir();
+        assert_eq!(
+            project.overlay_layers(&loaded),
+            ["common", "base", "hypervisor", "rack7-hv"].map(|name| overlay.join(name))
+        );
+    }
 }
