@@ -516,4 +516,59 @@ mod tests {
         assert!(child.wait().unwrap().success());
         assert!(root.ready_dir().join("second").exists());
     }
+
+    /// Runs `name-nic NAME MAC` over a fake `/sys/class/net` holding one
+    /// NIC `ens3` with the address `52:54:00:00:00:01`, with an `ip` that
+    /// logs its arguments; returns the exit status, the `ip` log and the
+    /// console.
+    fn name_nic(name: &str, mac: &str) -> (bool, String, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let nic = dir.path().join("sys/class/net/ens3");
+        std::fs::create_dir_all(&nic).unwrap();
+        std::fs::write(nic.join("address"), "52:54:00:00:00:01\n").unwrap();
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        let ip = bin.join("ip");
+        let log = dir.path().join("ip.log");
+        std::fs::write(
+            &ip,
+            format!("#!/bin/sh\necho \"$*\" >> {}\n", log.display()),
+        )
+        .unwrap();
+        std::fs::set_permissions(&ip, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let console = dir.path().join("console");
+        let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+        let status = Command::new("dash")
+            .arg(project().join("rootfs-overlay/common/usr/lib/applbuild/name-nic"))
+            .args([name, mac])
+            .env("APPLBUILD_PATH", path)
+            .env("APPLBUILD_SYS", dir.path().join("sys"))
+            .env("APPLBUILD_CONSOLE", &console)
+            .status()
+            .unwrap();
+        let read = |path: &Path| std::fs::read_to_string(path).unwrap_or_default();
+        (status.success(), read(&log), read(&console))
+    }
+
+    #[test]
+    fn name_nic_renames_the_nic_with_the_mac() {
+        let (success, ip, console) = name_nic("eth0", "52:54:00:00:00:01");
+        assert!(success, "{console}");
+        assert_eq!(ip, "link set dev ens3 name eth0\n");
+        assert_eq!(console, "");
+    }
+
+    #[test]
+    fn a_missing_nic_is_a_failure_line_not_a_hang() {
+        let (success, ip, console) = name_nic("eth1", "52:54:00:00:00:02");
+        assert!(!success);
+        assert_eq!(ip, "");
+        assert_eq!(
+            failed_lines(&console),
+            [
+                "APPLBUILD-FAILED network: no NIC with MAC 52:54:00:00:00:02 for eth1 (present: 52:54:00:00:00:01)"
+            ],
+            "{console}"
+        );
+    }
 }
