@@ -35,7 +35,7 @@ use applbuild_repo::apt_sources;
 use applbuild_repo::cache::Cache;
 use applbuild_repo::repository::{Repository, RepositoryConfig};
 use applbuild_rootfs::deb_archive::{self, CacheStatus, EntryKind};
-use applbuild_rootfs::kernel_modules::{self, ModuleSelection};
+use applbuild_rootfs::kernel_modules::{self, KernelModulesError, ModuleSelection};
 use applbuild_rootfs::overlay::{self, OverlayKind};
 use applbuild_rootfs::rootfs::{PathFilter, RootfsTree};
 use applbuild_rootfs::templates::Renderer;
@@ -104,6 +104,15 @@ pub enum BuildError {
     /// The root file system could not be assembled.
     #[error(transparent)]
     Rootfs(#[from] applbuild_rootfs::rootfs::RootfsError),
+    /// A `kernel.modules` or `kernel.drivers` pattern of a profile file
+    /// matches no module.
+    #[error("{file}: {source}")]
+    ModulePattern {
+        /// The profile file the pattern is written in.
+        file: PathBuf,
+        /// The selection's error.
+        source: kernel_modules::KernelModulesError,
+    },
     /// Kernel module selection failed.
     #[error(transparent)]
     Modules(#[from] kernel_modules::KernelModulesError),
@@ -239,12 +248,14 @@ impl Project {
         self.root.join(LOCKFILE)
     }
 
-    /// Overlay layers of a profile, in the order they apply.
-    pub fn overlay_layers(&self, profile: &str) -> Vec<PathBuf> {
-        vec![
-            self.overlay_dir().join("common"),
-            self.overlay_dir().join(profile),
-        ]
+    /// Overlay layers of a profile, in the order they apply: `common`, then
+    /// the folder of each profile of its `extends` chain, the root first, so
+    /// that a per-machine profile gets its role's files.
+    pub fn overlay_layers(&self, loaded: &LoadedProfile) -> Vec<PathBuf> {
+        std::iter::once("common".to_string())
+            .chain(loaded.chain().into_iter().rev())
+            .map(|name| self.overlay_dir().join(name))
+            .collect()
     }
 }
 
@@ -767,7 +778,7 @@ fn digest_inputs<'a>(
     let mut hasher = Sha256::new();
     hasher.update(env!("CARGO_PKG_VERSION"));
     hasher.update(loaded.digest());
-    for layer in project.overlay_layers(&loaded.name) {
+    for layer in project.overlay_layers(loaded) {
         hash_tree(&layer, &layer, &mut hasher);
     }
     for (name, version, sha256) in packages {
@@ -1027,6 +1038,28 @@ fn unpack(
     })
 }
 
+/// Names the profile file a failing `kernel.modules` or `kernel.drivers`
+/// pattern is written in.
+fn with_pattern_file(loaded: &LoadedProfile, error: KernelModulesError) -> BuildError {
+    let pattern = match &error {
+        KernelModulesError::NoMatch { pattern, .. }
+        | KernelModulesError::BadPattern { pattern, .. } => pattern,
+        _ => return error.into(),
+    };
+    let written = toml::Value::String(pattern.clone()).to_string();
+    let file = loaded
+        .files
+        .iter()
+        .find(|path| std::fs::read_to_string(path).is_ok_and(|text| text.contains(&written)));
+    match file {
+        Some(file) => BuildError::ModulePattern {
+            file: file.clone(),
+            source: error,
+        },
+        None => error.into(),
+    }
+}
+
 /// Trims the kernel modules, adds the base layout and the overlay, and
 /// takes the kernel image out of the tree.
 fn assemble(
@@ -1036,11 +1069,13 @@ fn assemble(
     seconds: &mut StepSeconds,
 ) -> Result<Assembled, BuildError> {
     let started = Instant::now();
-    let modules = kernel_modules::select_modules(&mut tree, &loaded.profile.kernel.modules)?;
+    let settings = &loaded.profile.kernel;
+    let modules = kernel_modules::select_modules(&mut tree, &settings.modules, &settings.drivers)
+        .map_err(|error| with_pattern_file(loaded, error))?;
     let context = services::template_context(loaded, &modules.kernel_version, &modules.load_order)?;
     let renderer = Renderer::new(&context);
     add_base_layout(&mut tree)?;
-    for item in overlay::read_layers(&project.overlay_layers(&loaded.name), &renderer)? {
+    for item in overlay::read_layers(&project.overlay_layers(loaded), &renderer)? {
         match item.kind {
             OverlayKind::File { contents, mode } => {
                 tree.add_file(&item.path, contents, mode, 0, 0)?
