@@ -1592,7 +1592,7 @@ mod tests {
             assert!(names.contains(&name.to_string()), "{names:?}");
         }
         let storage = load(&project_profiles(), "storage").unwrap();
-        assert_eq!(storage.files.len(), 2);
+        assert_eq!(storage.files.len(), 3);
         assert!(
             storage
                 .profile

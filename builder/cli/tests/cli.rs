@@ -718,6 +718,23 @@ fn unknown_kernel_module_is_named() {
 }
 
 #[test]
+fn a_module_pattern_matching_nothing_names_the_pattern_and_the_file() {
+    let fixture = Fixture::new();
+    let profile = tiny_profile(&fixture.repo.url, &fixture.repo.keyring).replace(
+        "modules = [\"a\"]",
+        "modules = [\"a\", \"kernel/drivers/scsi/megaraid/*.ko\"]",
+    );
+    fixture.write_profile(&profile);
+    fixture
+        .build("out", "cache", &[])
+        .failure()
+        .stderr(predicate::str::contains(format!(
+            "{}: kernel {RELEASE}: pattern kernel/drivers/scsi/megaraid/*.ko matches no module",
+            fixture.profile_path().display()
+        )));
+}
+
+#[test]
 fn locked_build_refuses_a_changed_archive_and_unlocked_build_updates_the_lock() {
     let fixture = Fixture::new();
     fixture.build("out", "cache", &[]).success();
