@@ -129,6 +129,45 @@ pub struct Profile {
     /// How `applbuild boot` runs the image in QEMU.
     #[serde(default)]
     pub qemu: QemuSettings,
+    /// What the image needs on real hardware beyond drivers.
+    #[serde(default)]
+    pub hardware: Hardware,
+}
+
+/// Hardware support that is not free software.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hardware {
+    /// Add Debian's `non-free-firmware` component and the firmware of the
+    /// `bare-metal` NICs that need it ([`NON_FREE_FIRMWARE`]).
+    #[serde(default)]
+    pub non_free_firmware: bool,
+}
+
+/// The Debian component that holds non-free firmware.
+pub const NON_FREE_FIRMWARE_COMPONENT: &str = "non-free-firmware";
+
+/// Firmware packages `hardware.non_free_firmware` adds: Broadcom NetXtreme
+/// II (bnx2, bnx2x) and the rest of the common NICs' blobs.
+pub const NON_FREE_FIRMWARE: &[&str] =
+    &["firmware-bnx2", "firmware-bnx2x", "firmware-misc-nonfree"];
+
+impl Profile {
+    /// Adds the component and packages that `hardware` asks for.
+    fn apply_hardware(&mut self) {
+        if !self.hardware.non_free_firmware {
+            return;
+        }
+        let components = &mut self.distribution.components;
+        if !components.iter().any(|c| c == NON_FREE_FIRMWARE_COMPONENT) {
+            components.push(NON_FREE_FIRMWARE_COMPONENT.into());
+        }
+        for package in NON_FREE_FIRMWARE {
+            if !self.packages.include.iter().any(|p| p == package) {
+                self.packages.include.push((*package).into());
+            }
+        }
+    }
 }
 
 /// The Debian repository the image is made from.
@@ -742,6 +781,8 @@ pub fn load(dir: &Path, name: &str) -> Result<LoadedProfile, ProfileError> {
             }
         }
     })?;
+    let mut profile = profile;
+    profile.apply_hardware();
     let files: Vec<PathBuf> = chain.into_iter().map(|(path, _, _)| path).collect();
     validate(name, &profile, &files)?;
     Ok(LoadedProfile {
@@ -1725,6 +1766,37 @@ mod tests {
         let error = load(dir.path(), "rack7-hv").unwrap_err().to_string();
         assert!(error.contains("rack7-hv.toml:8:"), "{error}");
         assert!(error.contains("multipath.polling_interval"), "{error}");
+    }
+
+    #[test]
+    fn non_free_firmware_adds_the_component_and_the_firmware_packages() {
+        let dir = with_shipped_profiles();
+        let plain = load(dir.path(), "hypervisor").unwrap().profile;
+        assert_eq!(plain.distribution.components, ["main"]);
+        assert!(
+            !plain
+                .packages
+                .include
+                .iter()
+                .any(|p| p.starts_with("firmware-"))
+        );
+
+        write(
+            dir.path(),
+            "rack7-hv",
+            &format!("{RACK7_HV}\n[hardware]\nnon_free_firmware = true\n"),
+        );
+        let profile = load(dir.path(), "rack7-hv").unwrap().profile;
+        assert_eq!(
+            profile.distribution.components,
+            ["main", "non-free-firmware"]
+        );
+        for package in NON_FREE_FIRMWARE {
+            assert!(
+                profile.packages.include.contains(&package.to_string()),
+                "{package}"
+            );
+        }
     }
 
     #[test]
