@@ -35,7 +35,7 @@ use applbuild_repo::apt_sources;
 use applbuild_repo::cache::Cache;
 use applbuild_repo::repository::{Repository, RepositoryConfig};
 use applbuild_rootfs::deb_archive::{self, CacheStatus, EntryKind};
-use applbuild_rootfs::kernel_modules::{self, ModuleSelection};
+use applbuild_rootfs::kernel_modules::{self, KernelModulesError, ModuleSelection};
 use applbuild_rootfs::overlay::{self, OverlayKind};
 use applbuild_rootfs::rootfs::{PathFilter, RootfsTree};
 use applbuild_rootfs::templates::Renderer;
@@ -104,6 +104,15 @@ pub enum BuildError {
     /// The root file system could not be assembled.
     #[error(transparent)]
     Rootfs(#[from] applbuild_rootfs::rootfs::RootfsError),
+    /// A `kernel.modules` or `kernel.drivers` pattern of a profile file
+    /// matches no module.
+    #[error("{file}: {source}")]
+    ModulePattern {
+        /// The profile file the pattern is written in.
+        file: PathBuf,
+        /// The selection's error.
+        source: kernel_modules::KernelModulesError,
+    },
     /// Kernel module selection failed.
     #[error(transparent)]
     Modules(#[from] kernel_modules::KernelModulesError),
@@ -240,19 +249,12 @@ impl Project {
     }
 
     /// Overlay layers of a profile, in the order they apply: `common`, then
-    /// one folder per profile of its `extends` chain, the root first and the
-    /// profile itself last, so that a per-machine layer (`extends =
-    /// "hypervisor"`) keeps the hypervisor's files and may replace some.
-    /// A profile without a folder adds nothing.
+    /// the folder of each profile of its `extends` chain, the root first, so
+    /// that a per-machine profile gets its role's files.
     pub fn overlay_layers(&self, loaded: &LoadedProfile) -> Vec<PathBuf> {
-        let chain = loaded
-            .files
-            .iter()
-            .rev()
-            .filter_map(|file| file.file_stem())
-            .map(|name| self.overlay_dir().join(name));
-        std::iter::once(self.overlay_dir().join("common"))
-            .chain(chain)
+        std::iter::once("common".to_string())
+            .chain(loaded.chain().into_iter().rev())
+            .map(|name| self.overlay_dir().join(name))
             .collect()
     }
 }
@@ -1036,6 +1038,28 @@ fn unpack(
     })
 }
 
+/// Names the profile file a failing `kernel.modules` or `kernel.drivers`
+/// pattern is written in.
+fn with_pattern_file(loaded: &LoadedProfile, error: KernelModulesError) -> BuildError {
+    let pattern = match &error {
+        KernelModulesError::NoMatch { pattern, .. }
+        | KernelModulesError::BadPattern { pattern, .. } => pattern,
+        _ => return error.into(),
+    };
+    let written = toml::Value::String(pattern.clone()).to_string();
+    let file = loaded
+        .files
+        .iter()
+        .find(|path| std::fs::read_to_string(path).is_ok_and(|text| text.contains(&written)));
+    match file {
+        Some(file) => BuildError::ModulePattern {
+            file: file.clone(),
+            source: error,
+        },
+        None => error.into(),
+    }
+}
+
 /// Trims the kernel modules, adds the base layout and the overlay, and
 /// takes the kernel image out of the tree.
 fn assemble(
@@ -1045,7 +1069,9 @@ fn assemble(
     seconds: &mut StepSeconds,
 ) -> Result<Assembled, BuildError> {
     let started = Instant::now();
-    let modules = kernel_modules::select_modules(&mut tree, &loaded.profile.kernel.modules)?;
+    let settings = &loaded.profile.kernel;
+    let modules = kernel_modules::select_modules(&mut tree, &settings.modules, &settings.drivers)
+        .map_err(|error| with_pattern_file(loaded, error))?;
     let context = services::template_context(loaded, &modules.kernel_version, &modules.load_order)?;
     let renderer = Renderer::new(&context);
     add_base_layout(&mut tree)?;
@@ -1359,7 +1385,7 @@ mod tests {
         let profiles = project_dir.path().join("profiles");
         std::fs::create_dir(&profiles).unwrap();
         let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../profiles");
-        for name in ["base.toml", "hypervisor.toml"] {
+        for name in ["base.toml", "bare-metal.toml", "hypervisor.toml"] {
             std::fs::copy(shipped.join(name), profiles.join(name)).unwrap();
         }
         std::fs::write(
@@ -1372,7 +1398,8 @@ mod tests {
         let overlay = project.overlay_dir();
         assert_eq!(
             project.overlay_layers(&loaded),
-            ["common", "base", "hypervisor", "rack7-hv"].map(|name| overlay.join(name))
+            ["common", "base", "bare-metal", "hypervisor", "rack7-hv"]
+                .map(|name| overlay.join(name))
         );
     }
 }

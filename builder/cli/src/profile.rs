@@ -4,8 +4,10 @@
 //! they are typed: the child's values replace the parent's, except the lists
 //! named in [`ADDITIVE_LISTS`], which are concatenated (parent first) so that
 //! a child adds packages or modules without repeating the base ones.
-//! Every file is also checked on its own against the schema, so an unknown key
-//! or a wrong type is reported with the file, line and key where it was typed.
+//! Every file is also checked against the schema, so an unknown key or a wrong
+//! type is reported with the file, line and key where it was typed; required
+//! keys are checked on the merged profile, so a per-machine file may set only
+//! the keys that differ from its parent.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -23,6 +25,7 @@ pub const ADDITIVE_LISTS: &[&str] = &[
     "packages.exclude",
     "packages.drop_paths",
     "kernel.modules",
+    "kernel.drivers",
     "kernel.cmdline",
     "checks",
 ];
@@ -63,6 +66,14 @@ pub enum ProfileError {
     /// `extends` goes round in a circle.
     #[error("profile `{0}` extends itself through {1}")]
     ExtendsCycle(String, String),
+    /// A required key is set by no file of the `extends` chain.
+    #[error("{chain}: missing key {key}")]
+    MissingKey {
+        /// The profile and its ancestors: `rack7-hv (extends hypervisor, base)`.
+        chain: String,
+        /// Dotted key, e.g. `initiator.target`.
+        key: String,
+    },
     /// The merged profile is typed correctly but its values do not fit together.
     #[error("profile `{profile}`: {key}: {message}")]
     Value {
@@ -118,6 +129,45 @@ pub struct Profile {
     /// How `applbuild boot` runs the image in QEMU.
     #[serde(default)]
     pub qemu: QemuSettings,
+    /// What the image needs on real hardware beyond drivers.
+    #[serde(default)]
+    pub hardware: Hardware,
+}
+
+/// Hardware support that is not free software.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hardware {
+    /// Add Debian's `non-free-firmware` component and the firmware of the
+    /// `bare-metal` NICs that need it ([`NON_FREE_FIRMWARE`]).
+    #[serde(default)]
+    pub non_free_firmware: bool,
+}
+
+/// The Debian component that holds non-free firmware.
+pub const NON_FREE_FIRMWARE_COMPONENT: &str = "non-free-firmware";
+
+/// Firmware packages `hardware.non_free_firmware` adds: Broadcom NetXtreme
+/// II (bnx2, bnx2x) and the rest of the common NICs' blobs.
+pub const NON_FREE_FIRMWARE: &[&str] =
+    &["firmware-bnx2", "firmware-bnx2x", "firmware-misc-nonfree"];
+
+impl Profile {
+    /// Adds the component and packages that `hardware` asks for.
+    fn apply_hardware(&mut self) {
+        if !self.hardware.non_free_firmware {
+            return;
+        }
+        let components = &mut self.distribution.components;
+        if !components.iter().any(|c| c == NON_FREE_FIRMWARE_COMPONENT) {
+            components.push(NON_FREE_FIRMWARE_COMPONENT.into());
+        }
+        for package in NON_FREE_FIRMWARE {
+            if !self.packages.include.iter().any(|p| p == package) {
+                self.packages.include.push((*package).into());
+            }
+        }
+    }
 }
 
 /// The Debian repository the image is made from.
@@ -238,6 +288,11 @@ pub struct Kernel {
     /// Modules kept in the image (with their dependencies) and loaded at boot, in this order.
     #[serde(default)]
     pub modules: Vec<String>,
+    /// Drivers kept in the image (with their dependencies; names or folder
+    /// patterns as in `modules`) but not loaded at boot: udev loads each one
+    /// when the machine has a device its modalias matches.
+    #[serde(default)]
+    pub drivers: Vec<String>,
     /// Kernel command line words.
     #[serde(default)]
     pub cmdline: Vec<String>,
@@ -659,6 +714,11 @@ pub struct LoadedProfile {
 }
 
 impl LoadedProfile {
+    /// The names of the profile and its ancestors, the profile's own first.
+    pub fn chain(&self) -> Vec<String> {
+        self.files.iter().map(|path| profile_name(path)).collect()
+    }
+
     /// SHA256 of the merged profile, recorded in the manifest.
     pub fn digest(&self) -> String {
         let canonical = serde_json::to_vec(&self.merged).expect("TOML tables serialize to JSON");
@@ -692,15 +752,64 @@ pub fn load(dir: &Path, name: &str) -> Result<LoadedProfile, ProfileError> {
             message,
         });
     }
-    let mut chain: Vec<(PathBuf, toml::Table)> = Vec::new();
+    let chain = read_chain(dir, name)?;
+    let mut merged = toml::Table::new();
+    for (path, text, table) in chain.iter().rev() {
+        merge_into(&mut merged, table, "");
+        check_file(path, text, &merged)?;
+    }
+    merged.remove("extends");
+    let names: Vec<String> = chain
+        .iter()
+        .map(|(path, _, _)| profile_name(path))
+        .collect();
+    let profile = typed(&merged).map_err(|(key, message)| {
+        if let Some(field) = missing_field(&message) {
+            ProfileError::MissingKey {
+                chain: chain_label(&names),
+                key: dotted(&key, field),
+            }
+        } else {
+            ProfileError::Value {
+                profile: name.into(),
+                key: if key.is_empty() {
+                    "(merged profile)".into()
+                } else {
+                    key
+                },
+                message,
+            }
+        }
+    })?;
+    let mut profile = profile;
+    profile.apply_hardware();
+    let files: Vec<PathBuf> = chain.into_iter().map(|(path, _, _)| path).collect();
+    validate(name, &profile, &files)?;
+    Ok(LoadedProfile {
+        name: name.into(),
+        profile,
+        files,
+        merged,
+    })
+}
+
+/// One file of an `extends` chain: its path, text and table.
+type ChainFile = (PathBuf, String, toml::Table);
+
+/// Reads `name` and its ancestors, the profile's own file first.
+fn read_chain(dir: &Path, name: &str) -> Result<Vec<ChainFile>, ProfileError> {
+    let mut chain: Vec<ChainFile> = Vec::new();
     let mut next = Some(name.to_string());
     while let Some(current) = next {
         let path = dir.join(format!("{current}.toml"));
-        if chain.iter().any(|(seen, _)| *seen == path) {
-            let names: Vec<String> = chain.iter().map(|(p, _)| p.display().to_string()).collect();
+        if chain.iter().any(|(seen, _, _)| *seen == path) {
+            let names: Vec<String> = chain
+                .iter()
+                .map(|(p, _, _)| p.display().to_string())
+                .collect();
             return Err(ProfileError::ExtendsCycle(name.into(), names.join(" -> ")));
         }
-        let table = read_checked(&path, &current)?;
+        let (text, table) = read_table(&path, &current)?;
         next = table
             .get("extends")
             .and_then(|value| value.as_str())
@@ -718,34 +827,13 @@ pub fn load(dir: &Path, name: &str) -> Result<LoadedProfile, ProfileError> {
                 message,
             });
         }
-        chain.push((path, table));
+        chain.push((path, text, table));
     }
-
-    let mut merged = toml::Table::new();
-    for (_, table) in chain.iter().rev() {
-        merge_into(&mut merged, table, "");
-    }
-    merged.remove("extends");
-    let profile: Profile =
-        toml::Value::Table(merged.clone())
-            .try_into()
-            .map_err(|error: toml::de::Error| ProfileError::Value {
-                profile: name.into(),
-                key: "(merged profile)".into(),
-                message: error.message().to_string(),
-            })?;
-    let files: Vec<PathBuf> = chain.into_iter().map(|(path, _)| path).collect();
-    validate(name, &profile, &files)?;
-    Ok(LoadedProfile {
-        name: name.into(),
-        profile,
-        files,
-        merged,
-    })
+    Ok(chain)
 }
 
-/// Reads one file and checks it alone against the schema, for errors with positions.
-fn read_checked(path: &Path, name: &str) -> Result<toml::Table, ProfileError> {
+/// Reads one file as a TOML table (syntax errors carry its position).
+fn read_table(path: &Path, name: &str) -> Result<(String, toml::Table), ProfileError> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
@@ -761,9 +849,98 @@ fn read_checked(path: &Path, name: &str) -> Result<toml::Table, ProfileError> {
             });
         }
     };
-    let positioned = |error: toml::de::Error| invalid_at(path, &text, &error);
-    toml::from_str::<Profile>(&text).map_err(positioned)?;
-    toml::from_str::<toml::Table>(&text).map_err(positioned)
+    let table = toml::from_str::<toml::Table>(&text).map_err(|e| invalid_at(path, &text, &e))?;
+    Ok((text, table))
+}
+
+/// Checks one file against the schema, so an unknown key or a wrong type is
+/// reported where it was typed; `merged` is the file merged onto its
+/// parents. A required key the file leaves to its parents is no error here:
+/// required keys are checked on the whole chain.
+fn check_file(path: &Path, text: &str, merged: &toml::Table) -> Result<(), ProfileError> {
+    let error = match toml::from_str::<Profile>(text) {
+        Ok(_) => return Ok(()),
+        Err(error) => error,
+    };
+    if missing_field(error.message()).is_none() {
+        return Err(invalid_at(path, text, &error));
+    }
+    // serde stops at the first missing key, so the rest of the file is
+    // checked on the merge, where the parents fill that key in.
+    let Err((key, message)) = typed(merged) else {
+        return Ok(());
+    };
+    if missing_field(&message).is_some() {
+        return Ok(());
+    }
+    let leaf = leaf_key(&key, &message);
+    let line = text
+        .lines()
+        .position(|line| {
+            line.split_once('=')
+                .is_some_and(|(k, _)| k.trim().trim_matches('"') == leaf)
+        })
+        .map_or(1, |index| index + 1);
+    Err(ProfileError::Invalid {
+        path: path.to_path_buf(),
+        line,
+        column: 1,
+        key_note: format!("key `{}`: ", if key.is_empty() { leaf } else { &key }),
+        message,
+    })
+}
+
+/// Types a merged table; on failure, the dotted path where it failed and
+/// the message.
+fn typed(table: &toml::Table) -> Result<Profile, (String, String)> {
+    serde_path_to_error::deserialize(toml::Value::Table(table.clone())).map_err(
+        |error: serde_path_to_error::Error<toml::de::Error>| {
+            let key = error.path().to_string();
+            let key = if key == "." { String::new() } else { key };
+            (key, error.inner().message().trim().to_string())
+        },
+    )
+}
+
+/// The field a serde "missing field" message names.
+fn missing_field(message: &str) -> Option<&str> {
+    message.strip_prefix("missing field `")?.split('`').next()
+}
+
+/// The key an error is about: the unknown field it names, else the last
+/// part of `path`.
+fn leaf_key<'a>(path: &'a str, message: &'a str) -> &'a str {
+    if let Some(rest) = message.strip_prefix("unknown field `")
+        && let Some(field) = rest.split('`').next()
+    {
+        return field;
+    }
+    let last = path.rsplit('.').next().unwrap_or(path);
+    last.split('[').next().unwrap_or(last)
+}
+
+/// `path.field`, or `field` at the top level.
+fn dotted(path: &str, field: &str) -> String {
+    if path.is_empty() {
+        field.into()
+    } else {
+        format!("{path}.{field}")
+    }
+}
+
+/// A profile's name from its file.
+fn profile_name(path: &Path) -> String {
+    path.file_stem()
+        .map_or_else(String::new, |stem| stem.to_string_lossy().into_owned())
+}
+
+/// `child (extends parent, grandparent)`, or `child` alone.
+fn chain_label(names: &[String]) -> String {
+    match names {
+        [] => String::new(),
+        [only] => only.clone(),
+        [child, parents @ ..] => format!("{child} (extends {})", parents.join(", ")),
+    }
 }
 
 fn invalid_at(path: &Path, text: &str, error: &toml::de::Error) -> ProfileError {
@@ -1456,7 +1633,7 @@ mod tests {
             assert!(names.contains(&name.to_string()), "{names:?}");
         }
         let storage = load(&project_profiles(), "storage").unwrap();
-        assert_eq!(storage.files.len(), 2);
+        assert_eq!(storage.files.len(), 3);
         assert!(
             storage
                 .profile
@@ -1525,6 +1702,101 @@ mod tests {
         let error = load(dir.path(), "p").unwrap_err().to_string();
         assert!(error.contains("p.toml:4:"), "{error}");
         assert!(error.contains("key `compression_level`"), "{error}");
+    }
+
+    /// A per-machine file: only the keys that differ from `hypervisor`.
+    const RACK7_HV: &str = "extends = \"hypervisor\"\n\n[initiator]\nname = \"iqn.2026-12.com.example:rack7-hv\"\n\n[multipath]\nalias = \"rack7\"\n";
+
+    fn with_shipped_profiles() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for name in list(&project_profiles()).unwrap() {
+            let file = format!("{name}.toml");
+            std::fs::copy(project_profiles().join(&file), dir.path().join(&file)).unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn a_per_machine_file_sets_only_what_differs() {
+        let dir = with_shipped_profiles();
+        write(dir.path(), "rack7-hv", RACK7_HV);
+        let loaded = load(dir.path(), "rack7-hv").unwrap().profile;
+        let initiator = loaded.initiator.unwrap();
+        assert_eq!(initiator.name, "iqn.2026-12.com.example:rack7-hv");
+        assert_eq!(initiator.target, "iqn.2012-09.com.ibm:neptune.target");
+        let multipath = loaded.multipath.unwrap();
+        assert_eq!(multipath.alias, "rack7");
+        assert_eq!(multipath.wwid, "36000000000000000a9b1000000000001");
+    }
+
+    #[test]
+    fn a_key_missing_from_the_whole_chain_names_the_key_and_the_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "base", "[packages]\ninclude = [\"busybox\"]\n");
+        write(dir.path(), "mid", "extends = \"base\"\n");
+        write(
+            dir.path(),
+            "leaf",
+            "extends = \"mid\"\n[initiator]\nname = \"iqn.2026-12.com.example:x\"\nportals = []\nifaces = []\n",
+        );
+        let error = load(dir.path(), "leaf").unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "leaf (extends mid, base): missing key initiator.target"
+        );
+    }
+
+    #[test]
+    fn an_unknown_key_after_an_inherited_one_names_its_file_and_line() {
+        let dir = with_shipped_profiles();
+        write(
+            dir.path(),
+            "rack7-hv",
+            &format!("{RACK7_HV}polling_interval = 2\npolling_intervall = 3\n"),
+        );
+        let error = load(dir.path(), "rack7-hv").unwrap_err().to_string();
+        assert!(error.contains("rack7-hv.toml:9:"), "{error}");
+        assert!(error.contains("polling_intervall"), "{error}");
+
+        write(
+            dir.path(),
+            "rack7-hv",
+            &format!("{RACK7_HV}polling_interval = \"often\"\n"),
+        );
+        let error = load(dir.path(), "rack7-hv").unwrap_err().to_string();
+        assert!(error.contains("rack7-hv.toml:8:"), "{error}");
+        assert!(error.contains("multipath.polling_interval"), "{error}");
+    }
+
+    #[test]
+    fn non_free_firmware_adds_the_component_and_the_firmware_packages() {
+        let dir = with_shipped_profiles();
+        let plain = load(dir.path(), "hypervisor").unwrap().profile;
+        assert_eq!(plain.distribution.components, ["main"]);
+        assert!(
+            !plain
+                .packages
+                .include
+                .iter()
+                .any(|p| p.starts_with("firmware-"))
+        );
+
+        write(
+            dir.path(),
+            "rack7-hv",
+            &format!("{RACK7_HV}\n[hardware]\nnon_free_firmware = true\n"),
+        );
+        let profile = load(dir.path(), "rack7-hv").unwrap().profile;
+        assert_eq!(
+            profile.distribution.components,
+            ["main", "non-free-firmware"]
+        );
+        for package in NON_FREE_FIRMWARE {
+            assert!(
+                profile.packages.include.contains(&package.to_string()),
+                "{package}"
+            );
+        }
     }
 
     #[test]

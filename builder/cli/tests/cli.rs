@@ -718,6 +718,23 @@ fn unknown_kernel_module_is_named() {
 }
 
 #[test]
+fn a_module_pattern_matching_nothing_names_the_pattern_and_the_file() {
+    let fixture = Fixture::new();
+    let profile = tiny_profile(&fixture.repo.url, &fixture.repo.keyring).replace(
+        "modules = [\"a\"]",
+        "modules = [\"a\", \"kernel/drivers/scsi/megaraid/*.ko\"]",
+    );
+    fixture.write_profile(&profile);
+    fixture
+        .build("out", "cache", &[])
+        .failure()
+        .stderr(predicate::str::contains(format!(
+            "{}: kernel {RELEASE}: pattern kernel/drivers/scsi/megaraid/*.ko matches no module",
+            fixture.profile_path().display()
+        )));
+}
+
+#[test]
 fn locked_build_refuses_a_changed_archive_and_unlocked_build_updates_the_lock() {
     let fixture = Fixture::new();
     fixture.build("out", "cache", &[]).success();
@@ -910,4 +927,63 @@ fn image_disk_adds_a_gpt_disk_image_listed_in_the_manifest() {
         fs::read(fixture.path("out2/tiny/disk.img")).unwrap() == disk,
         "disk.img differs between builds"
     );
+}
+
+/// A project holding a copy of the shipped profiles, for tests of them.
+fn shipped_profiles_project() -> tempfile::TempDir {
+    let project = tempfile::tempdir().expect("temporary folder");
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../profiles");
+    let profiles = project.path().join("profiles");
+    fs::create_dir(&profiles).unwrap();
+    for entry in fs::read_dir(&shipped).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|ext| ext == "toml") {
+            fs::copy(&path, profiles.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    project
+}
+
+#[test]
+fn a_per_machine_profile_sets_only_what_differs_from_its_role() {
+    let project = shipped_profiles_project();
+    fs::write(
+        project.path().join("profiles/rack7-hv.toml"),
+        "extends = \"hypervisor\"\n\n[initiator]\nname = \"iqn.2026-12.com.example:rack7-hv\"\n\n[multipath]\nalias = \"rack7\"\n",
+    )
+    .unwrap();
+    let show = Command::new(env!("CARGO_BIN_EXE_applbuild"))
+        .arg("--project")
+        .arg(project.path())
+        .args(["show", "rack7-hv", "--no-packages", "--json"])
+        .assert()
+        .success();
+    let shown: serde_json::Value = serde_json::from_slice(&show.get_output().stdout).unwrap();
+    let merged = &shown["merged"];
+    assert_eq!(
+        merged["initiator"]["name"],
+        "iqn.2026-12.com.example:rack7-hv"
+    );
+    assert_eq!(merged["multipath"]["alias"], "rack7");
+    // The rest comes from hypervisor.toml.
+    assert_eq!(
+        merged["initiator"]["target"],
+        "iqn.2012-09.com.ibm:neptune.target"
+    );
+    assert_eq!(merged["hostname"], "uranus");
+
+    fs::write(
+        project.path().join("profiles/rack7-hv.toml"),
+        "extends = \"base\"\n\n[initiator]\nname = \"iqn.2026-12.com.example:rack7-hv\"\n",
+    )
+    .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_applbuild"))
+        .arg("--project")
+        .arg(project.path())
+        .args(["show", "rack7-hv", "--no-packages"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains(
+            "rack7-hv (extends base): missing key initiator.target",
+        ));
 }

@@ -86,7 +86,7 @@ fn build_tree(debs: &[LockedDeb], cache: &Path, label: &str) -> RootfsTree {
             .unwrap_or_else(|error| panic!("{}: {error}", deb.name));
     }
     let inserted = started.elapsed();
-    let selection = select_modules(&mut tree, &MODULES).expect("selecting modules");
+    let selection = select_modules(&mut tree, &MODULES, &[]).expect("selecting modules");
     println!(
         "{label}: {} packages unpacked in {unpack:.2?}, inserted by {inserted:.2?}, \
          modules trimmed by {:.2?} ({} kept); tree {} entries, {} MB, dropped {:?}",

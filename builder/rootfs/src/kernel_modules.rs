@@ -12,7 +12,11 @@
 //! Only the text indexes are written: busybox `modprobe` reads them; kmod's
 //! `modprobe` and udev's module loading need depmod's `.bin` files, which
 //! are not produced, so the init loads [`ModuleSelection::load_order`]
-//! explicitly.
+//! explicitly, and drivers kept for on-demand loading are loaded by a udev
+//! rule that hands the device's modalias to BusyBox `modprobe`.
+//!
+//! A requested entry with a `/` is a glob over module paths
+//! (`kernel/drivers/net/ethernet/**`), expanded to every module it matches.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -57,6 +61,22 @@ pub enum KernelModulesError {
         name: String,
         /// Similar module names, best first.
         close: Vec<String>,
+    },
+    /// A folder pattern of `kernel.modules` matches no module of this kernel.
+    #[error("kernel {version}: pattern {pattern} matches no module")]
+    NoMatch {
+        /// The kernel version.
+        version: String,
+        /// The pattern as written.
+        pattern: String,
+    },
+    /// A folder pattern is not a valid glob.
+    #[error("pattern {pattern}: {reason}")]
+    BadPattern {
+        /// The pattern as written.
+        pattern: String,
+        /// What the glob parser said.
+        reason: String,
     },
     /// A module's `depends=` names a module that is not there.
     #[error("{path}: depends on {dependency}, which this kernel does not ship")]
@@ -141,13 +161,16 @@ pub fn normalize_name(name: &str) -> String {
     name.replace('-', "_")
 }
 
-/// Keeps the modules named in `wanted` (plus their `depends=` and softdep
-/// `pre:` closure) in the single kernel found in `tree`, removes every
-/// other `.ko`, and writes `modules.dep`, `modules.alias`,
-/// `modules.softdep` and a filtered `modules.order` beside them.
+/// Keeps the modules named in `wanted` and `on_demand` (plus their
+/// `depends=` and softdep `pre:` closure) in the single kernel found in
+/// `tree`, removes every other `.ko`, and writes `modules.dep`,
+/// `modules.alias`, `modules.softdep` and a filtered `modules.order` beside
+/// them. Only `wanted` (and what it needs) is in the load order:
+/// `on_demand` modules are drivers loaded by their device's modalias.
 pub fn select_modules<S: AsRef<str>>(
     tree: &mut RootfsTree,
     wanted: &[S],
+    on_demand: &[S],
 ) -> Result<ModuleSelection, KernelModulesError> {
     let version = find_kernel(tree)?;
     let modules_dir = format!("{MODULES_ROOT}/{version}");
@@ -163,7 +186,9 @@ pub fn select_modules<S: AsRef<str>>(
     }
     let index = ModuleIndex::scan(tree, &modules_dir);
     let (requested, builtin) = requested_modules(&index, wanted, &version)?;
-    let mut closure = Closure::walk(&index, tree, &requested)?;
+    let (drivers, _) = requested_modules(&index, on_demand, &version)?;
+    let roots: Vec<String> = requested.iter().chain(&drivers).cloned().collect();
+    let mut closure = Closure::walk(&index, tree, &roots)?;
 
     let selected = index.ordered(closure.infos.keys());
     let deps_text = modules_dep(&version, &index, &selected, &closure.infos)?;
@@ -195,7 +220,10 @@ pub fn select_modules<S: AsRef<str>>(
 }
 
 /// The requested names (normalized) that are modules, in the profile's
-/// order, and those that are built in; an unknown name is an error.
+/// order, and those that are built in; an unknown name is an error. An entry
+/// with a `/` is a glob over paths in the modules directory
+/// (`kernel/drivers/net/ethernet/**`): every module it matches, in
+/// `modules.order`.
 fn requested_modules<S: AsRef<str>>(
     index: &ModuleIndex,
     wanted: &[S],
@@ -203,8 +231,13 @@ fn requested_modules<S: AsRef<str>>(
 ) -> Result<(Vec<String>, Vec<String>), KernelModulesError> {
     let mut modules = Vec::new();
     let mut builtin = Vec::new();
-    for name in wanted {
-        let name = normalize_name(name.as_ref().trim());
+    for entry in wanted {
+        let entry = entry.as_ref().trim();
+        if entry.contains('/') {
+            modules.extend(index.matching(entry, version)?);
+            continue;
+        }
+        let name = normalize_name(entry);
         if index.paths.contains_key(&name) || index.compressed.contains_key(&name) {
             modules.push(name);
         } else if index.builtin.contains(&name) {
@@ -555,6 +588,38 @@ impl ModuleIndex {
         names.into_iter().cloned().collect()
     }
 
+    /// The modules whose path matches the glob `pattern` (`*` within a
+    /// name, `**` across folders), in depmod's order; none is an error.
+    fn matching(&self, pattern: &str, version: &str) -> Result<Vec<String>, KernelModulesError> {
+        let matcher = globset::GlobBuilder::new(pattern.trim_start_matches('/'))
+            .literal_separator(true)
+            .build()
+            .map_err(|error| KernelModulesError::BadPattern {
+                pattern: pattern.to_string(),
+                reason: error.kind().to_string(),
+            })?
+            .compile_matcher();
+        let names: Vec<&String> = self
+            .paths
+            .iter()
+            .chain(self.compressed.iter())
+            .filter(|(_, path)| matcher.is_match(path.as_str()))
+            .map(|(name, _)| name)
+            .collect();
+        if names.is_empty() {
+            return Err(KernelModulesError::NoMatch {
+                version: version.to_string(),
+                pattern: pattern.to_string(),
+            });
+        }
+        let (plain, compressed): (Vec<&String>, Vec<&String>) = names
+            .into_iter()
+            .partition(|name| self.paths.contains_key(*name));
+        let mut ordered = self.ordered(plain.into_iter());
+        ordered.extend(compressed.into_iter().cloned());
+        Ok(ordered)
+    }
+
     /// Up to five module names resembling `name`, best first.
     fn close_matches(&self, name: &str) -> Vec<String> {
         let mut scored: Vec<(usize, &String)> = self
@@ -845,7 +910,7 @@ mod tests {
     #[test]
     fn selects_closure_and_writes_depmod_files() {
         let mut tree = fake_kernel();
-        let selection = select_modules(&mut tree, &["top", "bi"]).unwrap();
+        let selection = select_modules(&mut tree, &["top", "bi"], &[]).unwrap();
         assert_eq!(selection.kernel_version, VERSION);
         assert_eq!(selection.vmlinuz, format!("boot/vmlinuz-{VERSION}"));
         assert_eq!(selection.builtin, ["bi"]);
@@ -896,16 +961,83 @@ mod tests {
     }
 
     #[test]
+    fn folder_patterns_select_every_module_under_them_with_dependencies() {
+        let mut tree = fake_kernel();
+        let selection = select_modules(&mut tree, &["kernel/drivers/mid/*.ko"], &[]).unwrap();
+        assert_eq!(selection.load_order, ["base", "mid_b", "mid_a"]);
+
+        let mut tree = fake_kernel();
+        let selection = select_modules(&mut tree, &["kernel/drivers/**", "lonely"], &[]).unwrap();
+        assert_eq!(
+            selection.module_paths.keys().collect::<Vec<_>>(),
+            [
+                "base", "impl_one", "impl_two", "lonely", "mid_a", "mid_b", "top"
+            ]
+        );
+        assert!(
+            selection
+                .load_order
+                .ends_with(&["top".to_string(), "lonely".to_string()])
+        );
+    }
+
+    #[test]
+    fn a_star_stays_within_one_folder() {
+        let mut tree = fake_kernel();
+        let selection = select_modules(&mut tree, &["kernel/other/*"], &[]);
+        assert!(matches!(selection, Err(KernelModulesError::NoMatch { .. })));
+        let mut tree = fake_kernel();
+        let selection = select_modules(&mut tree, &["kernel/other/**"], &[]).unwrap();
+        assert_eq!(selection.load_order, ["other"]);
+    }
+
+    #[test]
+    fn a_pattern_matching_nothing_is_named() {
+        let mut tree = fake_kernel();
+        let error = select_modules(
+            &mut tree,
+            &["top", "kernel/drivers/scsi/megaraid/*.ko"],
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            error,
+            format!(
+                "kernel {VERSION}: pattern kernel/drivers/scsi/megaraid/*.ko matches no module"
+            )
+        );
+        let error = select_modules(&mut tree, &["kernel/[drivers"], &[]).unwrap_err();
+        assert!(
+            matches!(error, KernelModulesError::BadPattern { .. }),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn on_demand_drivers_are_kept_with_dependencies_but_not_loaded() {
+        let mut tree = fake_kernel();
+        let selection = select_modules(&mut tree, &["lonely"], &["kernel/drivers/mid/**"]).unwrap();
+        assert_eq!(selection.load_order, ["lonely"]);
+        assert_eq!(
+            selection.module_paths.keys().collect::<Vec<_>>(),
+            ["base", "lonely", "mid_a", "mid_b"]
+        );
+        // udev finds them by modalias.
+        assert!(text(&tree, "modules.alias").contains("alias mid-alias mid_a\n"));
+    }
+
+    #[test]
     fn dashes_and_underscores_are_the_same_name() {
         let mut tree = fake_kernel();
-        let selection = select_modules(&mut tree, &["mid_b", "mid-a"]).unwrap();
+        let selection = select_modules(&mut tree, &["mid_b", "mid-a"], &[]).unwrap();
         assert_eq!(selection.load_order, ["base", "mid_b", "mid_a"]);
     }
 
     #[test]
     fn unknown_module_lists_close_matches() {
         let mut tree = fake_kernel();
-        let error = select_modules(&mut tree, &["mid_c"]).unwrap_err();
+        let error = select_modules(&mut tree, &["mid_c"], &[]).unwrap_err();
         let text = error.to_string();
         assert!(text.contains("no module named mid_c"), "{text}");
         assert!(text.contains("mid_a") && text.contains("mid_b"), "{text}");
@@ -930,14 +1062,16 @@ mod tests {
         .unwrap();
         tree.add_file(&format!("{dir}/y.ko"), b"not an elf".to_vec(), 0o644, 0, 0)
             .unwrap();
-        let error = select_modules(&mut tree.clone(), &["x"])
+        let error = select_modules(&mut tree.clone(), &["x"], &[])
             .unwrap_err()
             .to_string();
         assert!(
             error.contains("x.ko") && error.contains("nowhere"),
             "{error}"
         );
-        let error = select_modules(&mut tree, &["y"]).unwrap_err().to_string();
+        let error = select_modules(&mut tree, &["y"], &[])
+            .unwrap_err()
+            .to_string();
         assert!(
             error.contains("y.ko") && error.contains(".modinfo"),
             "{error}"
@@ -972,10 +1106,10 @@ mod tests {
             0,
         )
         .unwrap();
-        let selection = select_modules(&mut tree.clone(), &["s"]).unwrap();
+        let selection = select_modules(&mut tree.clone(), &["s"], &[]).unwrap();
         assert_eq!(selection.unresolved_softdeps, ["s: ghost"]);
         assert_eq!(selection.load_order, ["s"]);
-        let error = select_modules(&mut tree, &["c1"]).unwrap_err();
+        let error = select_modules(&mut tree, &["c1"], &[]).unwrap_err();
         assert!(matches!(error, KernelModulesError::Cycle { .. }), "{error}");
     }
 
@@ -984,18 +1118,18 @@ mod tests {
         let mut tree = fake_kernel();
         tree.remove(&format!("boot/vmlinuz-{VERSION}")).unwrap();
         assert!(matches!(
-            select_modules(&mut tree, &["top"]),
+            select_modules(&mut tree, &["top"], &[]),
             Err(KernelModulesError::NoVmlinuz { .. })
         ));
         let mut tree = fake_kernel();
         tree.add_dir("usr/lib/modules/5.10.0-1-amd64", 0o755, 0, 0)
             .unwrap();
         assert!(matches!(
-            select_modules(&mut tree, &["top"]),
+            select_modules(&mut tree, &["top"], &[]),
             Err(KernelModulesError::SeveralKernels { .. })
         ));
         assert!(matches!(
-            select_modules(&mut RootfsTree::new(), &["top"]),
+            select_modules(&mut RootfsTree::new(), &["top"], &[]),
             Err(KernelModulesError::NoKernel)
         ));
     }
@@ -1031,7 +1165,7 @@ mod tests {
             "ext4",
         ];
         let started = std::time::Instant::now();
-        let selection = select_modules(&mut tree, &wanted).unwrap();
+        let selection = select_modules(&mut tree, &wanted, &[]).unwrap();
         println!(
             "selected {} modules in {:?}: {:?}",
             selection.load_order.len(),
