@@ -288,30 +288,62 @@ mod tests {
         rendered
     }
 
+    /// What shellcheck finds in a dash script, if anything.
+    fn shellcheck(text: &str) -> Option<String> {
+        let mut child = Command::new("shellcheck")
+            .args(["--shell=dash", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("shellcheck runs (scripts/host-setup installs it)");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let output = child.wait_with_output().unwrap();
+        (!output.status.success()).then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    #[test]
+    fn nics_named_by_driver_or_pci_path_are_renamed_or_reported() {
+        let mut loaded = loaded("hypervisor");
+        let interfaces = &mut loaded.profile.network.interfaces;
+        interfaces[0].mac = None;
+        interfaces[0].driver = Some("igb".into());
+        interfaces[1].mac = None;
+        interfaces[1].pci_path = Some("pci-0000:03:00.0".into());
+        let context = template_context(&loaded, "6.1.0-test-amd64", &[]).unwrap();
+        let path = project().join("rootfs-overlay/common/usr/lib/applbuild/rcS.j2");
+        let source = std::fs::read_to_string(&path).unwrap();
+        let text = Renderer::new(&context).render("rcS.j2", &source).unwrap();
+        assert_eq!(shellcheck(&text), None);
+        assert!(text.contains("[ \"${driver##*/}\" = igb ]"), "{text}");
+        assert!(
+            text.contains("[ \"pci-${slot##*/}\" = pci-0000:03:00.0 ]"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "applbuild: no NIC with PCI path pci-0000:03:00.0 for eth1: not configured"
+            ),
+            "{text}"
+        );
+    }
+
     #[test]
     fn rendered_init_scripts_pass_shellcheck() {
         let mut checked = 0;
         for name in ["storage", "hypervisor", "guest"] {
             for (path, text) in rendered_shell_templates(name) {
-                let mut child = Command::new("shellcheck")
-                    .args(["--shell=dash", "-"])
-                    .stdin(Stdio::piped())
-                    .stdout(Stdio::piped())
-                    .spawn()
-                    .expect("shellcheck runs (scripts/host-setup installs it)");
-                use std::io::Write;
-                child
-                    .stdin
-                    .take()
-                    .unwrap()
-                    .write_all(text.as_bytes())
-                    .unwrap();
-                let output = child.wait_with_output().unwrap();
+                let findings = shellcheck(&text);
                 assert!(
-                    output.status.success(),
+                    findings.is_none(),
                     "{} rendered for {name}:\n{}",
                     path.display(),
-                    String::from_utf8_lossy(&output.stdout)
+                    findings.unwrap_or_default()
                 );
                 checked += 1;
             }
