@@ -99,6 +99,12 @@ fn guest_spec(loaded: &LoadedProfile, alias: &str, accel: GuestAccel) -> Result<
         .interfaces
         .first()
         .ok_or_else(|| anyhow!("the guest profile has no NIC"))?;
+    let mac = nic.mac.clone().ok_or_else(|| {
+        anyhow!(
+            "the guest profile's interface `{}` has no `mac`: QEMU needs one for every NIC",
+            nic.name
+        )
+    })?;
     let accel = match accel {
         GuestAccel::Kvm => Accel::Kvm,
         GuestAccel::Tcg => Accel::Tcg,
@@ -120,7 +126,7 @@ fn guest_spec(loaded: &LoadedProfile, alias: &str, accel: GuestAccel) -> Result<
     });
     spec.nics.push(Nic {
         id: "net0".into(),
-        mac: nic.mac.clone(),
+        mac,
         backend: NetBackend::Tap { ifname: TAP.into() },
         without_rom: true,
     });

@@ -71,6 +71,16 @@ impl BootFrom {
 /// What can go wrong booting an image.
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
+    /// QEMU gives every NIC the profile's MAC, and this one has none.
+    #[error(
+        "profile `{profile}`: interface `{interface}` has no `mac`: QEMU needs one for every NIC (it is named by `driver` or `pci_path` on hardware)"
+    )]
+    NoMac {
+        /// Profile name.
+        profile: String,
+        /// The interface's name.
+        interface: String,
+    },
     /// QEMU could not be run.
     #[error(transparent)]
     Qemu(#[from] QemuError),
@@ -217,13 +227,18 @@ pub fn vm_spec_from(
         .network
         .interfaces
         .iter()
-        .map(|interface| Nic {
-            id: interface.network.clone(),
-            mac: interface.mac.clone(),
-            backend: backend_for(&interface.network),
-            without_rom: false,
+        .map(|interface| {
+            Ok(Nic {
+                id: interface.network.clone(),
+                mac: interface.mac.clone().ok_or_else(|| BootError::NoMac {
+                    profile: loaded.name.clone(),
+                    interface: interface.name.clone(),
+                })?,
+                backend: backend_for(&interface.network),
+                without_rom: false,
+            })
         })
-        .collect();
+        .collect::<Result<_, BootError>>()?;
     let boot = match from {
         BootFrom::Kernel => BootSource::Kernel {
             kernel: image_dir.join("vmlinuz"),
@@ -430,4 +445,44 @@ pub fn check_context(loaded: &LoadedProfile) -> serde_json::Value {
     let mut context = serde_json::to_value(&loaded.profile).expect("profiles serialize to JSON");
     context["build"] = serde_json::json!({ "profile": loaded.name });
     context
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_interface_without_a_mac_cannot_boot_in_qemu() {
+        let profiles = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../profiles");
+        let mut loaded = crate::profile::load(&profiles, "hypervisor").unwrap();
+        let run_dir = tempfile::tempdir().unwrap();
+        let backends = hub_backends(&loaded);
+        assert!(
+            vm_spec(
+                &loaded,
+                run_dir.path(),
+                run_dir.path(),
+                Accel::Tcg,
+                &backends
+            )
+            .is_ok()
+        );
+
+        let interface = &mut loaded.profile.network.interfaces[1];
+        interface.mac = None;
+        interface.driver = Some("igb".into());
+        let error = vm_spec(
+            &loaded,
+            run_dir.path(),
+            run_dir.path(),
+            Accel::Tcg,
+            &backends,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.starts_with("profile `hypervisor`: interface `eth1` has no `mac`"),
+            "{error}"
+        );
+    }
 }

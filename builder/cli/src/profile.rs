@@ -377,7 +377,8 @@ fn default_compression_level() -> i32 {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Network {
-    /// Physical NICs, matched by MAC address and renamed to `name`.
+    /// Physical NICs, matched by MAC address, driver or PCI path and renamed
+    /// to `name`.
     #[serde(default)]
     pub interfaces: Vec<Interface>,
     /// Linux bridges.
@@ -400,7 +401,13 @@ pub struct Interface {
     /// Name given to the NIC at boot (`eth0`).
     pub name: String,
     /// MAC address that identifies the NIC (QEMU is given the same one).
-    pub mac: String,
+    /// Exactly one of `mac`, `driver` and `pci_path` is set.
+    pub mac: Option<String>,
+    /// Kernel driver of the NIC (`igb`): the first NIC bound to it that no
+    /// earlier interface took.
+    pub driver: Option<String>,
+    /// udev's `ID_PATH` of the NIC (`pci-0000:03:00.0`): its slot.
+    pub pci_path: Option<String>,
     /// Address with prefix length, unless the NIC is a bridge port.
     pub address: Option<String>,
     /// Bridge this NIC is a port of.
@@ -1006,6 +1013,7 @@ fn validate(name: &str, profile: &Profile, files: &[PathBuf]) -> Result<(), Prof
     validate_words(name, profile, files)?;
     validate_image(&profile.image, &fail)?;
     validate_network(&profile.network, &fail)?;
+    validate_nic_matches(name, &profile.network, files)?;
     if let Some(target) = &profile.target {
         validate_target(target, &fail)?;
     }
@@ -1087,13 +1095,12 @@ where
     F: Fn(&str, String) -> ProfileError,
 {
     for (index, interface) in network.interfaces.iter().enumerate() {
-        if !is_mac(&interface.mac) {
+        if let Some(mac) = &interface.mac
+            && !is_mac(mac)
+        {
             return Err(fail(
                 &format!("network.interfaces[{index}].mac"),
-                format!(
-                    "`{}` is not a MAC address like 52:54:00:00:00:01",
-                    interface.mac
-                ),
+                format!("`{mac}` is not a MAC address like 52:54:00:00:00:01"),
             ));
         }
         if let Some(bridge) = &interface.bridge
@@ -1104,6 +1111,44 @@ where
                 format!("no bridge `{bridge}` in network.bridges"),
             ));
         }
+    }
+    Ok(())
+}
+
+/// Each interface names its NIC by exactly one of `mac`, `driver` and
+/// `pci_path`; a refusal points at the interface's `name` line.
+fn validate_nic_matches(
+    name: &str,
+    network: &Network,
+    files: &[PathBuf],
+) -> Result<(), ProfileError> {
+    for (index, interface) in network.interfaces.iter().enumerate() {
+        let given = [&interface.mac, &interface.driver, &interface.pci_path]
+            .iter()
+            .filter(|value| value.is_some())
+            .count();
+        if given == 1 {
+            continue;
+        }
+        let key = format!("network.interfaces[{index}]");
+        let message = format!(
+            "interface `{}` sets {given} of `mac`, `driver` and `pci_path`: exactly one names its NIC",
+            interface.name
+        );
+        return Err(match locate_value(files, "name", &interface.name) {
+            Some((path, line)) => ProfileError::Invalid {
+                path,
+                line,
+                column: 1,
+                key_note: format!("key `{key}`: "),
+                message,
+            },
+            None => ProfileError::Value {
+                profile: name.into(),
+                key,
+                message,
+            },
+        });
     }
     Ok(())
 }
@@ -1300,6 +1345,8 @@ enum WordRule {
     AddressWithPrefix,
     /// An IP address, optionally with a prefix length.
     Address,
+    /// udev's `ID_PATH` of a PCI device: `pci-DOMAIN:BUS:SLOT.FUNCTION`.
+    PciPath,
 }
 
 impl WordRule {
@@ -1342,6 +1389,7 @@ impl WordRule {
             ),
             Self::AddressWithPrefix => (is_address(value, true), "ADDRESS/PREFIX"),
             Self::Address => (is_address(value, false), "an IP address or ADDRESS/PREFIX"),
+            Self::PciPath => (is_pci_path(value), "a PCI path like pci-0000:03:00.0"),
         };
         (!fits).then(|| format!("`{value}` is not {form}"))
     }
@@ -1477,6 +1525,12 @@ fn word_values(profile: &Profile) -> Vec<WordValue> {
         if let Some(bridge) = &interface.bridge {
             words.add(key("bridge"), "bridge", bridge, WordRule::NetDevice);
         }
+        if let Some(driver) = &interface.driver {
+            words.add(key("driver"), "driver", driver, WordRule::Name);
+        }
+        if let Some(pci_path) = &interface.pci_path {
+            words.add(key("pci_path"), "pci_path", pci_path, WordRule::PciPath);
+        }
     }
     for (index, bridge) in profile.network.bridges.iter().enumerate() {
         let key = |field: &str| format!("network.bridges[{index}].{field}");
@@ -1595,6 +1649,24 @@ fn locate_value(files: &[PathBuf], leaf: &str, value: &str) -> Option<(PathBuf, 
             Some(((*path).clone(), index + 1))
         })
     })
+}
+
+fn is_pci_path(text: &str) -> bool {
+    let Some(address) = text.strip_prefix("pci-") else {
+        return false;
+    };
+    let Some((slot, function)) = address.split_once('.') else {
+        return false;
+    };
+    let parts: Vec<&str> = slot.split(':').collect();
+    let hex =
+        |part: &str, len: usize| part.len() == len && part.chars().all(|c| c.is_ascii_hexdigit());
+    parts.len() == 3
+        && hex(parts[0], 4)
+        && hex(parts[1], 2)
+        && hex(parts[2], 2)
+        && function.len() == 1
+        && function.chars().all(|c| ('0'..='7').contains(&c))
 }
 
 fn is_mac(text: &str) -> bool {
@@ -2011,6 +2083,50 @@ mod tests {
 
     const INTERFACE: &str =
         "[[network.interfaces]]\nmac = \"52:54:00:00:00:01\"\nnetwork = \"san-a\"\n";
+
+    #[test]
+    fn a_nic_is_named_by_exactly_one_of_mac_driver_and_pci_path() {
+        let nic = "[[network.interfaces]]\nname = \"eth0\"\nnetwork = \"san-a\"\n";
+        let profile = |extra: &str| {
+            let dir = tempfile::tempdir().unwrap();
+            write(
+                dir.path(),
+                "p",
+                &format!("[packages]\ninclude = [\"busybox\"]\n{nic}{extra}"),
+            );
+            load(dir.path(), "p").map(|loaded| loaded.profile)
+        };
+        let by_driver = profile("driver = \"igb\"\n").unwrap();
+        assert_eq!(
+            by_driver.network.interfaces[0].driver.as_deref(),
+            Some("igb")
+        );
+        let by_slot = profile("pci_path = \"pci-0000:03:00.0\"\n").unwrap();
+        assert_eq!(
+            by_slot.network.interfaces[0].pci_path.as_deref(),
+            Some("pci-0000:03:00.0")
+        );
+        for extra in ["", "driver = \"igb\"\nmac = \"52:54:00:00:00:01\"\n"] {
+            let error = profile(extra).unwrap_err().to_string();
+            assert!(
+                error.contains("p.toml:4:1: key `network.interfaces[0]`"),
+                "{error}"
+            );
+            assert!(error.contains("exactly one names its NIC"), "{error}");
+        }
+        let error = profile("pci_path = \"0000:03:00.0\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("p.toml:6:1: key `network.interfaces[0].pci_path`"),
+            "{error}"
+        );
+        let error = profile("driver = \"igb;x\"\n").unwrap_err().to_string();
+        assert!(
+            error.contains("p.toml:6:1: key `network.interfaces[0].driver`"),
+            "{error}"
+        );
+    }
 
     #[test]
     fn bad_interface_and_bridge_names_are_refused_at_their_line() {

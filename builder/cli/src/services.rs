@@ -288,30 +288,59 @@ mod tests {
         rendered
     }
 
+    /// What shellcheck finds in a dash script, if anything.
+    fn shellcheck(text: &str) -> Option<String> {
+        let mut child = Command::new("shellcheck")
+            .args(["--shell=dash", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("shellcheck runs (scripts/host-setup installs it)");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let output = child.wait_with_output().unwrap();
+        (!output.status.success()).then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    #[test]
+    fn nics_named_by_driver_or_pci_path_call_name_nic_with_them() {
+        let mut loaded = loaded("hypervisor");
+        let interfaces = &mut loaded.profile.network.interfaces;
+        interfaces[0].mac = None;
+        interfaces[0].driver = Some("igb".into());
+        interfaces[1].mac = None;
+        interfaces[1].pci_path = Some("pci-0000:03:00.0".into());
+        let context = template_context(&loaded, "6.1.0-test-amd64", &[]).unwrap();
+        let path = project().join("rootfs-overlay/common/usr/lib/applbuild/rcS.j2");
+        let source = std::fs::read_to_string(&path).unwrap();
+        let text = Renderer::new(&context).render("rcS.j2", &source).unwrap();
+        assert_eq!(shellcheck(&text), None);
+        assert!(
+            text.contains("/usr/lib/applbuild/name-nic eth0 driver igb $named\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("/usr/lib/applbuild/name-nic eth1 pci_path pci-0000:03:00.0 $named\n"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn rendered_init_scripts_pass_shellcheck() {
         let mut checked = 0;
         for name in ["storage", "hypervisor", "guest"] {
             for (path, text) in rendered_shell_templates(name) {
-                let mut child = Command::new("shellcheck")
-                    .args(["--shell=dash", "-"])
-                    .stdin(Stdio::piped())
-                    .stdout(Stdio::piped())
-                    .spawn()
-                    .expect("shellcheck runs (scripts/host-setup installs it)");
-                use std::io::Write;
-                child
-                    .stdin
-                    .take()
-                    .unwrap()
-                    .write_all(text.as_bytes())
-                    .unwrap();
-                let output = child.wait_with_output().unwrap();
+                let findings = shellcheck(&text);
                 assert!(
-                    output.status.success(),
+                    findings.is_none(),
                     "{} rendered for {name}:\n{}",
                     path.display(),
-                    String::from_utf8_lossy(&output.stdout)
+                    findings.unwrap_or_default()
                 );
                 checked += 1;
             }
@@ -517,15 +546,26 @@ mod tests {
         assert!(root.ready_dir().join("second").exists());
     }
 
-    /// Runs `name-nic NAME MAC` over a fake `/sys/class/net` holding one
-    /// NIC `ens3` with the address `52:54:00:00:00:01`, with an `ip` that
-    /// logs its arguments; returns the exit status, the `ip` log and the
-    /// console.
-    fn name_nic(name: &str, mac: &str) -> (bool, String, String) {
+    /// Runs `name-nic ARGS` over a fake `/sys/class/net` holding `ens3`
+    /// (address `52:54:00:00:00:01`, driver `igb`, PCI slot
+    /// `0000:03:00.0`) and `ens4` (`52:54:00:00:00:02`, `igb`,
+    /// `0000:04:00.0`), with an `ip` that logs its arguments; returns the
+    /// exit status, the `ip` log and the console.
+    fn name_nic(args: &[&str]) -> (bool, String, String) {
         let dir = tempfile::tempdir().unwrap();
-        let nic = dir.path().join("sys/class/net/ens3");
-        std::fs::create_dir_all(&nic).unwrap();
-        std::fs::write(nic.join("address"), "52:54:00:00:00:01\n").unwrap();
+        for (nic, mac, slot) in [
+            ("ens3", "52:54:00:00:00:01", "0000:03:00.0"),
+            ("ens4", "52:54:00:00:00:02", "0000:04:00.0"),
+        ] {
+            let device = dir.path().join("sys/devices/pci0000:00").join(slot);
+            std::fs::create_dir_all(&device).unwrap();
+            std::os::unix::fs::symlink("../../../bus/pci/drivers/igb", device.join("driver"))
+                .unwrap();
+            let class = dir.path().join("sys/class/net").join(nic);
+            std::fs::create_dir_all(&class).unwrap();
+            std::fs::write(class.join("address"), format!("{mac}\n")).unwrap();
+            std::os::unix::fs::symlink(&device, class.join("device")).unwrap();
+        }
         let bin = dir.path().join("bin");
         std::fs::create_dir(&bin).unwrap();
         let ip = bin.join("ip");
@@ -540,7 +580,7 @@ mod tests {
         let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
         let status = Command::new("dash")
             .arg(project().join("rootfs-overlay/common/usr/lib/applbuild/name-nic"))
-            .args([name, mac])
+            .args(args)
             .env("APPLBUILD_PATH", path)
             .env("APPLBUILD_SYS", dir.path().join("sys"))
             .env("APPLBUILD_CONSOLE", &console)
@@ -551,23 +591,51 @@ mod tests {
     }
 
     #[test]
-    fn name_nic_renames_the_nic_with_the_mac() {
-        let (success, ip, console) = name_nic("eth0", "52:54:00:00:00:01");
-        assert!(success, "{console}");
-        assert_eq!(ip, "link set dev ens3 name eth0\n");
-        assert_eq!(console, "");
+    fn name_nic_renames_the_nic_by_mac_driver_or_pci_path() {
+        for (args, expected) in [
+            (
+                &["eth0", "mac", "52:54:00:00:00:02"][..],
+                "link set dev ens4 name eth0\n",
+            ),
+            (
+                &["eth0", "driver", "igb"][..],
+                "link set dev ens3 name eth0\n",
+            ),
+            // An earlier interface is named ens3 (the first igb NIC): the second NIC is taken.
+            (
+                &["eth1", "driver", "igb", "eth0", "ens3"][..],
+                "link set dev ens4 name eth1\n",
+            ),
+            (
+                &["eth1", "pci_path", "pci-0000:03:00.0"][..],
+                "link set dev ens3 name eth1\n",
+            ),
+            (&["ens3", "mac", "52:54:00:00:00:01"][..], ""),
+        ] {
+            let (success, ip, console) = name_nic(args);
+            assert!(success, "{args:?}: {console}");
+            assert_eq!(ip, expected, "{args:?}");
+            assert_eq!(console, "", "{args:?}");
+        }
     }
 
     #[test]
     fn a_missing_nic_is_a_failure_line_not_a_hang() {
-        let (success, ip, console) = name_nic("eth1", "52:54:00:00:00:02");
+        let (success, ip, console) = name_nic(&["eth1", "mac", "52:54:00:00:00:09"]);
         assert!(!success);
         assert_eq!(ip, "");
         assert_eq!(
             failed_lines(&console),
             [
-                "APPLBUILD-FAILED network: no NIC with MAC 52:54:00:00:00:02 for eth1 (present: 52:54:00:00:00:01)"
+                "APPLBUILD-FAILED network: no NIC with mac 52:54:00:00:00:09 for eth1 (present: 52:54:00:00:00:01 52:54:00:00:00:02)"
             ],
+            "{console}"
+        );
+        let (success, _, console) = name_nic(&["eth2", "driver", "ixgbe"]);
+        assert!(!success);
+        assert_eq!(
+            failed_lines(&console),
+            ["APPLBUILD-FAILED network: no NIC with driver ixgbe for eth2 (present: igb igb)"],
             "{console}"
         );
     }
