@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use applbuild::boot::{self, BootFrom, READY_MARKER};
 use applbuild::profile::{self, LoadedProfile};
+use applbuild::test_build;
 use applbuild_vm::console::{fatal_lines, not_ready_detail};
 use applbuild_vm::machine::RunningVm;
 use applbuild_vm::qemu::{Accel, Disk, DiskCache, NetBackend};
@@ -364,7 +365,7 @@ impl Cluster {
         std::fs::create_dir_all(artifacts)
             .with_context(|| format!("creating {}", artifacts.display()))?;
         let node = |name: &str, extra_disks: Vec<Disk>| NodeBoot {
-            image_dir: images.join(name),
+            image_dir: images.join(name).join(test_build::DIR),
             run_dir: run_dir.join(name),
             serial_log: artifacts.join(format!("{name}-serial.log")),
             accel,

@@ -8,8 +8,14 @@ use applbuild::pipeline::{self, BuildOptions, Project};
 use applbuild::profile;
 use applbuild_progress::Reporter;
 
-/// Makes sure `images/<profile>` is an up-to-date image of each profile.
-pub fn ensure_built(project: &Project, images: &Path, profiles: &[&str]) -> Result<()> {
+/// Makes sure `images/<profile>` is an up-to-date image of each profile,
+/// with its test build (`images/<profile>/test/`) when `test_build`.
+pub fn ensure_built(
+    project: &Project,
+    images: &Path,
+    profiles: &[&str],
+    test_build: bool,
+) -> Result<()> {
     let options = BuildOptions {
         out_dir: images.to_path_buf(),
         cache_dir: pipeline::default_cache_dir(),
@@ -20,10 +26,11 @@ pub fn ensure_built(project: &Project, images: &Path, profiles: &[&str]) -> Resu
         reporter: Reporter::for_terminal(),
         apt_root: PathBuf::from("/"),
         secure_boot: None,
+        test_build,
     };
     for name in profiles {
         let loaded = profile::load(&project.profiles_dir(), name)?;
-        if pipeline::is_up_to_date(project, &loaded, &images.join(name)) {
+        if pipeline::is_up_to_date(project, &loaded, &images.join(name), test_build) {
             continue;
         }
         eprintln!(

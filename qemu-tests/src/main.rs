@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use applbuild::boot::{AccelArg, BootFrom};
 use applbuild::pipeline::Project;
+use applbuild::test_build;
 use applbuild_vm::process;
 use applbuild_vm::qemu::{Accel, AccelChoice};
 use applbuild_vm::qga::QgaClient;
@@ -159,8 +160,10 @@ fn run_suite(cli: &Cli) -> Result<ExitCode> {
     std::fs::create_dir_all(&artifacts)
         .with_context(|| format!("creating {}", artifacts.display()))?;
     stop_on_signals(&run_dir, &artifacts);
-    let accel =
-        AccelChoice::from(cli.accel).resolve(&images.join(STORAGE).join("vmlinuz"), &run_dir);
+    let accel = AccelChoice::from(cli.accel).resolve(
+        &images.join(STORAGE).join(test_build::DIR).join("vmlinuz"),
+        &run_dir,
+    );
 
     let started = Instant::now();
     let mut suite = SuiteReport {
@@ -224,11 +227,17 @@ fn run_suite(cli: &Cli) -> Result<ExitCode> {
 /// Checks (`--no-build`) or builds the three images.
 fn prepare_images(project: &Project, images: &Path, no_build: bool) -> Result<()> {
     if !no_build {
-        return images::ensure_built(project, images, &[STORAGE, HYPERVISOR, GUEST]);
+        // The nodes boot their test builds; the guest VM is a test workload.
+        images::ensure_built(project, images, &[STORAGE, HYPERVISOR], true)?;
+        return images::ensure_built(project, images, &[GUEST], false);
     }
-    for name in [STORAGE, HYPERVISOR, GUEST] {
-        if !images.join(name).join("vmlinuz").is_file() {
-            bail!("no image {} (and --no-build)", images.join(name).display());
+    for dir in [
+        images.join(STORAGE).join(test_build::DIR),
+        images.join(HYPERVISOR).join(test_build::DIR),
+        images.join(GUEST),
+    ] {
+        if !dir.join("vmlinuz").is_file() {
+            bail!("no image {} (and --no-build)", dir.display());
         }
     }
     Ok(())

@@ -14,5 +14,6 @@ pub mod profile;
 pub mod sbom;
 pub mod services;
 pub mod sources;
+pub mod test_build;
 pub mod uefi;
 pub mod update;

@@ -11,6 +11,7 @@ use applbuild::boot::{self, AccelArg, BootReport};
 use applbuild::flash::{self, FlashSource, Target};
 use applbuild::pipeline::{self, BuildOptions, BuildReport, Project};
 use applbuild::profile;
+use applbuild::test_build;
 use applbuild_progress::Reporter;
 use applbuild_vm::qemu::{self, AccelChoice};
 use applbuild_vm::{machine, process};
@@ -79,10 +80,20 @@ enum Command {
     /// overlay and writes the initramfs. The previous output stays intact
     /// until the new one is complete. Versions are recorded in applbuild.lock
     /// and reused by later builds.
+    ///
+    /// The image is production: no guest agent, no root shell on the
+    /// console. --test also writes out/<profile>/test/, the test build that
+    /// `boot` and the acceptance suite run: the same kernel, and the image's
+    /// initrd.img followed by one more segment, the test channel (QEMU guest
+    /// agent; a root shell on the console when the kernel command line has
+    /// applbuild.shell=1), listed in test/test-build.json (docs/security.md).
     Build {
         /// Profiles to build, in order.
         #[arg(required = true, value_name = "PROFILE")]
         profiles: Vec<String>,
+        /// Also write the test build, out/<profile>/test/.
+        #[arg(long)]
+        test: bool,
         #[command(flatten)]
         build: BuildArgs,
         /// Print a JSON report on standard output instead of text.
@@ -140,38 +151,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Boot an image in QEMU with the profile's two NICs (built first when
-    /// missing or stale).
+    /// Boot an image's test build in QEMU with the profile's two NICs
+    /// (built first, with --test, when missing or stale).
     ///
-    /// Without --check the serial console is this terminal (Ctrl-a x quits
-    /// QEMU). With --check QEMU runs headless: applbuild waits for the
-    /// image's ready line, runs the profile's health checks through the QEMU
-    /// guest agent, powers off, prints the boot-to-ready time and exits 0 only
-    /// if every check passed.
+    /// The test build is the production image plus the test channel (see
+    /// `build --test`). Without --check the serial console is this terminal,
+    /// with a root shell (Ctrl-a x quits QEMU). With --check QEMU runs
+    /// headless: applbuild waits for the image's ready line, runs the
+    /// profile's health checks through the QEMU guest agent, powers off,
+    /// prints the boot-to-ready time and exits 0 only if every check passed.
     Boot {
         /// Profile name.
         profile: String,
-        /// Run headless and check health instead of attaching the console.
-        #[arg(long)]
-        check: bool,
-        /// CPU accelerator; `auto` uses KVM only after a probe boot succeeds.
-        #[arg(long, value_enum, default_value_t = AccelArg::Auto)]
-        accel: AccelArg,
-        /// Seconds to wait for the ready line [default: 60 under KVM, 240 under TCG].
-        #[arg(long, value_name = "SECONDS")]
-        timeout: Option<u64>,
-        /// Print the --check report as JSON.
-        #[arg(long)]
-        json: bool,
-        /// Boot `<profile>.img` through UEFI firmware (Debian's OVMF), as a
-        /// server boots the flashed disk, instead of loading the kernel and
-        /// initramfs directly.
-        #[arg(long)]
-        disk: bool,
-        /// With --disk: Secure Boot enforced, Debian's snakeoil keys
-        /// enrolled (the image must be signed with the snakeoil key).
-        #[arg(long, requires = "disk")]
-        secure_boot: bool,
+        #[command(flatten)]
+        boot: BootArgs,
         #[command(flatten)]
         build: BuildArgs,
     },
@@ -238,6 +231,50 @@ enum Command {
         #[arg(long)]
         cache: bool,
     },
+}
+
+/// How `applbuild boot` boots.
+#[derive(Args, Clone)]
+struct BootArgs {
+    /// Run headless and check health instead of attaching the console.
+    #[arg(long)]
+    check: bool,
+    /// CPU accelerator; `auto` uses KVM only after a probe boot succeeds.
+    #[arg(long, value_enum, default_value_t = AccelArg::Auto)]
+    accel: AccelArg,
+    /// Seconds to wait for the ready line [default: 60 under KVM, 240 under TCG].
+    #[arg(long, value_name = "SECONDS")]
+    timeout: Option<u64>,
+    /// Print the --check report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Boot `<profile>.img` through UEFI firmware (Debian's OVMF), as a
+    /// server boots the flashed disk, instead of loading the kernel and
+    /// initramfs directly.
+    #[arg(long)]
+    disk: bool,
+    /// With --disk: Secure Boot enforced, Debian's snakeoil keys
+    /// enrolled (the image must be signed with the snakeoil key).
+    #[arg(long, requires = "disk")]
+    secure_boot: bool,
+}
+
+impl From<BootArgs> for BootOptions {
+    fn from(args: BootArgs) -> Self {
+        BootOptions {
+            check: args.check,
+            accel: args.accel.into(),
+            timeout: args.timeout,
+            json: args.json,
+            from: if args.disk {
+                boot::BootFrom::Disk {
+                    secure_boot: args.secure_boot,
+                }
+            } else {
+                boot::BootFrom::Kernel
+            },
+        }
+    }
 }
 
 #[derive(Args, Clone)]
@@ -356,9 +393,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Build {
             profiles,
+            test,
             build,
             json,
-        } => build_profiles(&project()?, &profiles, &build, json),
+        } => build_profiles(&project()?, &profiles, &build, test, json),
         Command::Update {
             profiles,
             dry_run,
@@ -379,27 +417,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => show_profile(&project()?, &profile, &build, no_packages, json),
         Command::Boot {
             profile,
-            check,
-            accel,
-            timeout,
-            json,
-            disk,
-            secure_boot,
+            boot,
             build,
-        } => {
-            let options = BootOptions {
-                check,
-                accel: accel.into(),
-                timeout,
-                json,
-                from: if disk {
-                    boot::BootFrom::Disk { secure_boot }
-                } else {
-                    boot::BootFrom::Kernel
-                },
-            };
-            boot_profile(&project()?, &profile, &build, &options)
-        }
+        } => boot_profile(&project()?, &profile, &build, &boot.into()),
         Command::Test { args } => run_acceptance_suite(&project()?, &args),
         Command::Flash {
             image,
@@ -439,9 +459,13 @@ fn build_profiles(
     project: &Project,
     profiles: &[String],
     build: &BuildArgs,
+    test_build: bool,
     json: bool,
 ) -> Result<ExitCode> {
-    let options = build_options(project, build, json);
+    let options = BuildOptions {
+        test_build,
+        ..build_options(project, build, json)
+    };
     let overrides = suite_overrides(build);
     let mut reports = Vec::new();
     for name in profiles {
@@ -564,6 +588,13 @@ fn show_profile(
         for package in &resolved.packages {
             println!("{:<40} {}", package.name, package.version);
         }
+        println!(
+            "# the test build (build --test) adds {} packages",
+            resolved.test_build_packages.len()
+        );
+        for package in &resolved.test_build_packages {
+            println!("{:<40} {}", package.name, package.version);
+        }
         for change in &resolved.lock_changes {
             println!("# lock: {change}");
         }
@@ -587,12 +618,17 @@ fn boot_profile(
     boot_options: &BootOptions,
 ) -> Result<ExitCode> {
     let json = boot_options.json;
-    let options = build_options(project, build, json);
+    let options = BuildOptions {
+        test_build: true,
+        ..build_options(project, build, json)
+    };
     let loaded = profile::load(&project.profiles_dir(), name)?;
-    let image_dir = options.out_dir.join(name);
+    let image_dir = options.out_dir.join(name).join(test_build::DIR);
     // Keys given on the command line are not among the inputs the digest
     // covers, so their image is always built again.
-    if options.secure_boot.is_some() || !pipeline::is_up_to_date(project, &loaded, &image_dir) {
+    if options.secure_boot.is_some()
+        || !pipeline::is_up_to_date(project, &loaded, &options.out_dir.join(name), true)
+    {
         if !json {
             eprintln!("applbuild: {name}: image missing, stale or to be signed: building first");
         }
@@ -673,6 +709,7 @@ fn build_options(project: &Project, args: &BuildArgs, json: bool) -> BuildOption
             .clone()
             .zip(args.secure_boot_cert.clone())
             .map(|(key, cert)| profile::SecureBootKeys { key, cert }),
+        test_build: false,
     }
 }
 

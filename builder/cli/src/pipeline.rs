@@ -10,7 +10,7 @@
 //! is computed right after resolving, and the manifest is built and
 //! written once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -22,6 +22,7 @@ use crate::lockfile::Lockfile;
 use crate::profile::{self, LoadedProfile};
 use crate::sbom;
 use crate::services;
+use crate::test_build::{self, TestBuildManifest};
 use crate::uefi::{self, EfiBinaries, UkiInputs};
 use applbuild_deb::package_index::{PackageIndex, PackageRecord};
 use applbuild_deb::resolver::{self, ResolveRequest};
@@ -182,6 +183,10 @@ pub enum BuildError {
         /// The other one.
         second: String,
     },
+    /// The test build's tree lacks paths of the image's: it would not be
+    /// the image plus the test channel.
+    #[error("the test build lacks these paths of the image: {}", .0.join(", "))]
+    TestBuildRemoves(Vec<String>),
     /// Writing an output file failed.
     #[error("cannot write {path}: {source}")]
     Output {
@@ -250,10 +255,16 @@ impl Project {
 
     /// Overlay layers of a profile, in the order they apply: `common`, then
     /// the folder of each profile of its `extends` chain, the root first, so
-    /// that a per-machine profile gets its role's files.
+    /// that a per-machine profile gets its role's files, and last, in a test
+    /// build, `test-build`.
     pub fn overlay_layers(&self, loaded: &LoadedProfile) -> Vec<PathBuf> {
+        let test_layer = loaded
+            .profile
+            .test_build
+            .then(|| test_build::OVERLAY_LAYER.to_string());
         std::iter::once("common".to_string())
             .chain(loaded.chain().into_iter().rev())
+            .chain(test_layer)
             .map(|name| self.overlay_dir().join(name))
             .collect()
     }
@@ -286,6 +297,8 @@ pub struct BuildOptions {
     /// Secure Boot key and certificate overriding the profile's
     /// (`--secure-boot-key`, `--secure-boot-cert`).
     pub secure_boot: Option<profile::SecureBootKeys>,
+    /// Also write the test build (`--test`, see [`test_build`]).
+    pub test_build: bool,
 }
 
 /// Command-line settings of single suites (`--suite-mirror`,
@@ -326,6 +339,8 @@ pub struct StepSeconds {
     pub disk: f64,
     /// Writing the UEFI disk, its bmap and its qcow2 (0 without `[image.uefi]`).
     pub uefi: f64,
+    /// The test build (`--test`): its tree, segment and disk.
+    pub test_build: f64,
     /// Everything.
     pub total: f64,
 }
@@ -376,15 +391,19 @@ pub struct BuildReport {
     /// Module soft dependencies (`softdep` `pre:`) that matched no module,
     /// alias or built-in, as `module: name`; the image works without them.
     pub unresolved_softdeps: Vec<String>,
+    /// What the test build added to the image (`--test`).
+    pub test_build: Option<TestBuildManifest>,
 }
 
 /// The package set a profile resolves to (for `applbuild show`).
 #[derive(Debug, Clone, Serialize)]
 pub struct ResolvedSet {
-    /// Packages, sorted by name.
+    /// The image's packages, sorted by name.
     pub packages: Vec<ManifestPackage>,
-    /// Sum of Installed-Size.
+    /// Sum of their Installed-Size.
     pub installed_kib: u64,
+    /// What the test build adds (`build --test`), sorted by name.
+    pub test_build_packages: Vec<ManifestPackage>,
     /// Differences from the lock file.
     pub lock_changes: Vec<String>,
     /// Where the mirror came from.
@@ -394,7 +413,10 @@ pub struct ResolvedSet {
 /// Stage 1 of a build: the package set, the lock file as it was read (once,
 /// here), and the repository and cache the packages come from.
 pub(crate) struct Resolved {
+    /// The image's packages and the test build's, as the lock file pins them.
     pub(crate) records: Vec<PackageRecord>,
+    /// Names among `records` that only the test build installs.
+    pub(crate) test_only: BTreeSet<String>,
     pub(crate) lock_changes: Vec<String>,
     pub(crate) newer_versions: Vec<resolver::NewerVersion>,
     /// `applbuild.lock` as read before resolving; `None` when there is none.
@@ -403,6 +425,17 @@ pub(crate) struct Resolved {
     pub(crate) repositories: Vec<Repository>,
     pub(crate) cache: Cache,
     pub(crate) mirror_source: String,
+}
+
+impl Resolved {
+    /// The packages of the image itself (not the test build's additions).
+    pub(crate) fn image_records(&self) -> Vec<PackageRecord> {
+        self.records
+            .iter()
+            .filter(|record| !self.test_only.contains(&record.name))
+            .cloned()
+            .collect()
+    }
 }
 
 /// Resolves a profile's package set without building.
@@ -420,19 +453,22 @@ pub fn resolve(
         LockUse::Follow,
         &mut seconds,
     )?;
+    let image = resolved.image_records();
     Ok(ResolvedSet {
-        installed_kib: resolved
+        installed_kib: image.iter().map(|record| record.installed_size).sum(),
+        packages: image.iter().map(manifest_package).collect(),
+        test_build_packages: resolved
             .records
             .iter()
-            .map(|record| record.installed_size)
-            .sum(),
-        packages: resolved.records.iter().map(manifest_package).collect(),
+            .filter(|record| resolved.test_only.contains(&record.name))
+            .map(manifest_package)
+            .collect(),
         lock_changes: resolved.lock_changes,
         mirror_source: resolved.mirror_source,
     })
 }
 
-fn manifest_package(record: &PackageRecord) -> ManifestPackage {
+pub(crate) fn manifest_package(record: &PackageRecord) -> ManifestPackage {
     ManifestPackage {
         name: record.name.clone(),
         version: record.version.to_string(),
@@ -441,22 +477,58 @@ fn manifest_package(record: &PackageRecord) -> ManifestPackage {
     }
 }
 
-/// The packages a profile installs: its list, plus the guest agent if
-/// enabled, plus systemd-boot for a UEFI disk image.
+/// The packages a profile's image installs: its list, plus systemd-boot
+/// for a UEFI disk image.
 fn package_roots(loaded: &LoadedProfile) -> Vec<String> {
     let mut roots = loaded.profile.packages.include.clone();
-    let mut add = |name: &str| {
-        if !roots.iter().any(|root| root == name) {
-            roots.push(name.into());
-        }
-    };
-    if loaded.profile.guest_agent.enabled {
-        add("qemu-guest-agent");
-    }
-    if loaded.profile.image.uefi.is_some() {
-        add(uefi::SYSTEMD_BOOT_PACKAGE);
+    if loaded.profile.image.uefi.is_some() && !roots.iter().any(|r| r == uefi::SYSTEMD_BOOT_PACKAGE)
+    {
+        roots.push(uefi::SYSTEMD_BOOT_PACKAGE.into());
     }
     roots
+}
+
+/// What the resolver is asked for: the image's roots and the test build's,
+/// resolved together so that one lock entry pins both and the test build
+/// shares every package version with the image.
+fn resolve_request(
+    loaded: &LoadedProfile,
+    locked: BTreeMap<String, resolver::LockedPackage>,
+) -> ResolveRequest {
+    let mut roots = package_roots(loaded);
+    for name in test_build::PACKAGES {
+        if !roots.iter().any(|root| root == name) {
+            roots.push(name.to_string());
+        }
+    }
+    ResolveRequest {
+        roots,
+        prefer: loaded.profile.packages.prefer.clone(),
+        exclude: loaded.profile.packages.exclude.clone(),
+        locked,
+    }
+}
+
+/// The names of the packages only the test build needs: the resolution
+/// minus what the image's own roots need of it.
+fn test_only_packages(
+    loaded: &LoadedProfile,
+    request: &ResolveRequest,
+    packages: &[PackageRecord],
+) -> Result<BTreeSet<String>, BuildError> {
+    let image_request = ResolveRequest {
+        roots: package_roots(loaded),
+        ..request.clone()
+    };
+    let image: BTreeSet<String> = resolver::subset(packages, &image_request)?
+        .into_iter()
+        .map(|record| record.name)
+        .collect();
+    Ok(packages
+        .iter()
+        .map(|record| record.name.clone())
+        .filter(|name| !image.contains(name))
+        .collect())
 }
 
 /// The mirror URL of `suite` and where it came from: `--suite-mirror`,
@@ -558,12 +630,7 @@ pub(crate) fn resolve_packages(
         LockUse::Ignore => None,
     };
     let first_lock = locked.is_none();
-    let request = ResolveRequest {
-        roots: package_roots(loaded),
-        prefer: loaded.profile.packages.prefer.clone(),
-        exclude: loaded.profile.packages.exclude.clone(),
-        locked: locked.unwrap_or_default(),
-    };
+    let request = resolve_request(loaded, locked.unwrap_or_default());
     let cached = ResolutionCache::new(&cache, &infos, &request);
     let resolution = match cached.load() {
         Some(resolution) => resolution,
@@ -585,6 +652,7 @@ pub(crate) fn resolve_packages(
             resolution
         }
     };
+    let test_only = test_only_packages(loaded, &request, &resolution.packages)?;
     seconds.resolve = started.elapsed().as_secs_f64();
     check_locked_hashes(&request.locked, &resolution.packages)?;
     let lock_changes = if lock_use == LockUse::Follow {
@@ -594,6 +662,7 @@ pub(crate) fn resolve_packages(
     };
     Ok(Resolved {
         records: resolution.packages,
+        test_only,
         lock_changes,
         newer_versions: resolution.newer_versions,
         lock,
@@ -778,7 +847,8 @@ fn digest_inputs<'a>(
     let mut hasher = Sha256::new();
     hasher.update(env!("CARGO_PKG_VERSION"));
     hasher.update(loaded.digest());
-    for layer in project.overlay_layers(loaded) {
+    // The test build's layer counts too: `--test` builds from these inputs.
+    for layer in project.overlay_layers(&loaded.for_test_build()) {
         hash_tree(&layer, &layer, &mut hasher);
     }
     for (name, version, sha256) in packages {
@@ -833,18 +903,26 @@ fn hash_tree(root: &Path, dir: &Path, hasher: &mut Sha256) {
     }
 }
 
-/// Whether `image_dir` holds an intact image built from the current inputs.
-pub fn is_up_to_date(project: &Project, loaded: &LoadedProfile, image_dir: &Path) -> bool {
+/// Whether `image_dir` holds an intact image built from the current inputs
+/// and, when `with_test_build`, its test build too.
+pub fn is_up_to_date(
+    project: &Project,
+    loaded: &LoadedProfile,
+    image_dir: &Path,
+    with_test_build: bool,
+) -> bool {
+    let test_manifest = format!("{}/{}", test_build::DIR, test_build::MANIFEST_FILE);
     Manifest::read(image_dir).is_some_and(|manifest| {
         manifest.inputs_digest == inputs_digest(project, loaded)
             && manifest.artifacts_intact(image_dir)
+            && (!with_test_build || manifest.artifacts.iter().any(|a| a.file == test_manifest))
     })
 }
 
 /// Stage 2: every package's files in one tree (path filters applied), and
 /// where they came from.
-struct Unpacked {
-    tree: RootfsTree,
+pub(crate) struct Unpacked {
+    pub(crate) tree: RootfsTree,
     /// Packages that were not in the download cache.
     downloaded: usize,
     /// Packages whose files came from the unpack cache, not from the `.deb`.
@@ -853,14 +931,14 @@ struct Unpacked {
 
 /// Stage 3: the finished root file system, the kernel image taken out of
 /// it, and the kernel modules kept.
-struct Assembled {
-    tree: RootfsTree,
-    kernel: Arc<[u8]>,
+pub(crate) struct Assembled {
+    pub(crate) tree: RootfsTree,
+    pub(crate) kernel: Arc<[u8]>,
     /// The package the kernel image came from, for the SBOM.
     kernel_package: Option<String>,
-    modules: ModuleSelection,
+    pub(crate) modules: ModuleSelection,
     /// systemd-boot and the UKI stub, for a profile with `[image.uefi]`.
-    efi: Option<EfiBinaries>,
+    pub(crate) efi: Option<EfiBinaries>,
 }
 
 /// Stage 4: the image files in the staging folder, each hashed once, when
@@ -898,12 +976,11 @@ pub fn build_with_suites(
         &mut seconds,
     )?;
     let inputs_digest = resolved_inputs_digest(project, &loaded, &resolved);
-    let unpacked = unpack(&resolved, &loaded, options, &mut seconds)?;
-    let downloaded = unpacked.downloaded;
-    let from_unpack_cache = unpacked.from_unpack_cache;
+    let image_records = resolved.image_records();
+    let unpacked = unpack(&resolved, &image_records, &loaded, options, &mut seconds)?;
     let assembled = assemble(project, &loaded, unpacked.tree, &mut seconds)?;
     let signing_keys = secure_boot_keys(project, &loaded, options);
-    let written = write_artifacts(
+    let mut written = write_artifacts(
         &loaded,
         &resolved,
         &assembled,
@@ -911,6 +988,18 @@ pub fn build_with_suites(
         signing_keys.as_ref(),
         &mut seconds,
     )?;
+    let test_build = match options.test_build {
+        true => Some(write_test_build(
+            project,
+            &loaded,
+            &resolved,
+            &assembled,
+            &mut written,
+            options,
+            &mut seconds,
+        )?),
+        false => None,
+    };
     let manifest = Manifest {
         profile: name.into(),
         profile_digest: loaded.digest(),
@@ -923,7 +1012,7 @@ pub fn build_with_suites(
         kernel_release: assembled.modules.kernel_version.clone(),
         rootfs_digest: hex::encode(assembled.tree.digest()),
         modules: assembled.modules.load_order.clone(),
-        packages: resolved.records.iter().map(manifest_package).collect(),
+        packages: image_records.iter().map(manifest_package).collect(),
         artifacts: written.artifacts,
     };
     if !options.locked {
@@ -937,38 +1026,103 @@ pub fn build_with_suites(
     });
     replace_dir(written.staging, &image_dir)?;
     seconds.total = total.elapsed().as_secs_f64();
-    Ok(BuildReport {
-        profile: name.into(),
-        out_dir: image_dir,
-        mirror_source: resolved.mirror_source,
-        packages: resolved.records.len(),
-        downloaded,
+    let outcome = Outcome {
+        image_dir,
+        resolved,
+        unpacked: UnpackSummary {
+            downloaded: unpacked.downloaded,
+            from_unpack_cache: unpacked.from_unpack_cache,
+        },
+        manifest,
+        test_build,
+        unchanged,
+        seconds,
+    };
+    Ok(build_report(&loaded, &assembled, outcome))
+}
+
+/// Writes the test build into the staging folder, adds its artifacts to
+/// the image's and times it.
+fn write_test_build(
+    project: &Project,
+    loaded: &LoadedProfile,
+    resolved: &Resolved,
+    assembled: &Assembled,
+    written: &mut Artifacts,
+    options: &BuildOptions,
+    seconds: &mut StepSeconds,
+) -> Result<TestBuildManifest, BuildError> {
+    let started = Instant::now();
+    let signing_keys = secure_boot_keys(project, loaded, options);
+    let image = test_build::Image {
+        dir: written.staging.path(),
+        assembled,
+        artifacts: &written.artifacts,
+    };
+    let (artifacts, manifest) = test_build::write(
+        project,
+        loaded,
+        resolved,
+        &image,
+        options,
+        signing_keys.as_ref(),
+    )?;
+    written.artifacts.extend(artifacts);
+    written.artifacts.sort_by(|a, b| a.file.cmp(&b.file));
+    seconds.test_build = started.elapsed().as_secs_f64();
+    Ok(manifest)
+}
+
+/// What the unpack step reports.
+struct UnpackSummary {
+    downloaded: usize,
+    from_unpack_cache: Vec<String>,
+}
+
+/// What a finished build knows, for its report.
+struct Outcome {
+    image_dir: PathBuf,
+    resolved: Resolved,
+    unpacked: UnpackSummary,
+    manifest: Manifest,
+    test_build: Option<TestBuildManifest>,
+    unchanged: bool,
+    seconds: StepSeconds,
+}
+
+/// The report of a build of `loaded`.
+fn build_report(loaded: &LoadedProfile, assembled: &Assembled, outcome: Outcome) -> BuildReport {
+    let manifest = &outcome.manifest;
+    let image = &loaded.profile.image;
+    BuildReport {
+        profile: loaded.name.clone(),
+        out_dir: outcome.image_dir,
+        mirror_source: outcome.resolved.mirror_source,
+        packages: manifest.packages.len(),
+        downloaded: outcome.unpacked.downloaded,
         rootfs_bytes: assembled.tree.total_size(),
         initrd_bytes: manifest.artifact_size("initrd.img"),
         kernel_bytes: manifest.artifact_size("vmlinuz"),
-        disk_bytes: loaded
-            .profile
-            .image
+        disk_bytes: image
             .disk
             .as_ref()
             .map(|_| manifest.artifact_size(DISK_IMAGE)),
-        uefi_image_bytes: loaded
-            .profile
-            .image
+        uefi_image_bytes: image
             .uefi
             .as_ref()
-            .map(|_| manifest.artifact_size(&format!("{name}.img"))),
+            .map(|_| manifest.artifact_size(&format!("{}.img", loaded.name))),
         dropped_files: assembled.tree.dropped().files,
         dropped_bytes: assembled.tree.dropped().bytes,
         modules: assembled.modules.load_order.len(),
-        seconds,
-        lock_changes: resolved.lock_changes,
-        newer_versions: resolved.newer_versions,
-        unchanged,
-        unpacked_from_cache: from_unpack_cache.len(),
-        unpacked_from_cache_packages: from_unpack_cache,
-        unresolved_softdeps: assembled.modules.unresolved_softdeps,
-    })
+        seconds: outcome.seconds,
+        lock_changes: outcome.resolved.lock_changes,
+        newer_versions: outcome.resolved.newer_versions,
+        unchanged: outcome.unchanged,
+        unpacked_from_cache: outcome.unpacked.from_unpack_cache.len(),
+        unpacked_from_cache_packages: outcome.unpacked.from_unpack_cache,
+        unresolved_softdeps: assembled.modules.unresolved_softdeps.clone(),
+        test_build: outcome.test_build,
+    }
 }
 
 /// The Secure Boot key and certificate: the command line's, else the
@@ -988,20 +1142,21 @@ fn secure_boot_keys(
     options.secure_boot.clone().or_else(from_profile)
 }
 
-/// Downloads what the cache lacks and unpacks every package into a tree.
-fn unpack(
+/// Downloads what the cache lacks of `records` (packages of `resolved`)
+/// and unpacks them into a tree.
+pub(crate) fn unpack(
     resolved: &Resolved,
+    records: &[PackageRecord],
     loaded: &LoadedProfile,
     options: &BuildOptions,
     seconds: &mut StepSeconds,
 ) -> Result<Unpacked, BuildError> {
     let started = Instant::now();
-    let downloaded = resolved
-        .records
+    let downloaded = records
         .iter()
         .filter(|record| resolved.cache.get(&record.sha256).is_none())
         .count();
-    let deb_paths = fetch_packages(resolved, options)?;
+    let deb_paths = fetch_packages(resolved, records, options)?;
     seconds.download = started.elapsed().as_secs_f64();
 
     let started = Instant::now();
@@ -1011,10 +1166,9 @@ fn unpack(
     }
     let mut tree = RootfsTree::new();
     let mut from_unpack_cache = Vec::new();
-    for (record, (entries, status)) in resolved
-        .records
+    for (record, (entries, status)) in records
         .iter()
-        .zip(unpack_all(resolved, &deb_paths, options)?)
+        .zip(unpack_all(resolved, records, &deb_paths, options)?)
     {
         match status {
             CacheStatus::Hit => from_unpack_cache.push(record.name.clone()),
@@ -1062,7 +1216,7 @@ fn with_pattern_file(loaded: &LoadedProfile, error: KernelModulesError) -> Build
 
 /// Trims the kernel modules, adds the base layout and the overlay, and
 /// takes the kernel image out of the tree.
-fn assemble(
+pub(crate) fn assemble(
     project: &Project,
     loaded: &LoadedProfile,
     mut tree: RootfsTree,
@@ -1145,26 +1299,14 @@ fn write_artifacts(
         });
         seconds.disk = started.elapsed().as_secs_f64();
     }
-    if let (Some(uefi), Some(efi)) = (&loaded.profile.image.uefi, &assembled.efi) {
-        let started = Instant::now();
-        let inputs = UkiInputs {
-            loaded,
-            kernel: &assembled.kernel,
-            kernel_release: &assembled.modules.kernel_version,
-        };
-        let signing = signing_keys.map(|keys| SigningKey {
-            key: &keys.key,
-            cert: &keys.cert,
-        });
-        artifacts.extend(uefi::write_uefi_image(
-            staging.path(),
-            uefi,
-            efi,
-            &inputs,
-            signing,
-        )?);
-        seconds.uefi = started.elapsed().as_secs_f64();
-    }
+    let started = Instant::now();
+    artifacts.extend(write_uefi_artifacts(
+        staging.path(),
+        loaded,
+        assembled,
+        signing_keys,
+    )?);
+    seconds.uefi = started.elapsed().as_secs_f64();
     artifacts.push(Artifact {
         file: "initrd.img".into(),
         size: initrd.total_bytes,
@@ -1179,13 +1321,37 @@ fn write_artifacts(
         staging.path(),
         &loaded.name,
         &loaded.profile.distribution.suite,
-        sbom::packages(&resolved.records, &assembled.tree),
+        sbom::packages(&resolved.image_records(), &assembled.tree),
         &artifacts,
         assembled.kernel_package.as_deref(),
     )?;
     artifacts.extend(sbom_files);
     artifacts.sort_by(|a, b| a.file.cmp(&b.file));
     Ok(Artifacts { staging, artifacts })
+}
+
+/// Writes `<profile>.img` and its companions into `dir` (which holds the
+/// `initrd.img` its UKI carries) for a profile with `[image.uefi]`; none
+/// otherwise.
+pub(crate) fn write_uefi_artifacts(
+    dir: &Path,
+    loaded: &LoadedProfile,
+    assembled: &Assembled,
+    signing_keys: Option<&profile::SecureBootKeys>,
+) -> Result<Vec<Artifact>, BuildError> {
+    let (Some(uefi), Some(efi)) = (&loaded.profile.image.uefi, &assembled.efi) else {
+        return Ok(Vec::new());
+    };
+    let inputs = UkiInputs {
+        loaded,
+        kernel: &assembled.kernel,
+        kernel_release: &assembled.modules.kernel_version,
+    };
+    let signing = signing_keys.map(|keys| SigningKey {
+        key: &keys.key,
+        cert: &keys.cert,
+    });
+    uefi::write_uefi_image(dir, uefi, efi, &inputs, signing)
 }
 
 /// Records the resolved packages in the lock file, unless it already holds
@@ -1258,12 +1424,15 @@ fn write_disk_image(dir: &Path, disk: &profile::DiskImage) -> Result<PathBuf, Bu
 }
 
 /// Every package's `.deb` from its own suite's mirror, in package order.
-fn fetch_packages(resolved: &Resolved, options: &BuildOptions) -> Result<Vec<PathBuf>, BuildError> {
-    let mut paths: Vec<Option<PathBuf>> = vec![None; resolved.records.len()];
+fn fetch_packages(
+    resolved: &Resolved,
+    records: &[PackageRecord],
+    options: &BuildOptions,
+) -> Result<Vec<PathBuf>, BuildError> {
+    let mut paths: Vec<Option<PathBuf>> = vec![None; records.len()];
     for (number, repository) in resolved.repositories.iter().enumerate() {
         // Records of no known suite (an old cached resolution) go to the first.
-        let (positions, records): (Vec<usize>, Vec<PackageRecord>) = resolved
-            .records
+        let (positions, suite_records): (Vec<usize>, Vec<PackageRecord>) = records
             .iter()
             .enumerate()
             .filter(|(_, record)| {
@@ -1271,10 +1440,11 @@ fn fetch_packages(resolved: &Resolved, options: &BuildOptions) -> Result<Vec<Pat
             })
             .map(|(position, record)| (position, record.clone()))
             .unzip();
-        if records.is_empty() {
+        if suite_records.is_empty() {
             continue;
         }
-        let fetched = repository.fetch_packages(&resolved.cache, &records, &options.reporter)?;
+        let fetched =
+            repository.fetch_packages(&resolved.cache, &suite_records, &options.reporter)?;
         for (position, path) in positions.into_iter().zip(fetched) {
             paths[position] = Some(path);
         }
@@ -1286,6 +1456,7 @@ fn fetch_packages(resolved: &Resolved, options: &BuildOptions) -> Result<Vec<Pat
 /// the entries come back in package order so insertion stays deterministic.
 fn unpack_all(
     resolved: &Resolved,
+    records: &[PackageRecord],
     deb_paths: &[PathBuf],
     options: &BuildOptions,
 ) -> Result<Vec<(Vec<deb_archive::DataEntry>, CacheStatus)>, BuildError> {
@@ -1293,8 +1464,7 @@ fn unpack_all(
     let task = options
         .reporter
         .bar("unpack", deb_paths.len() as u64, Unit::Items);
-    let unpacked = resolved
-        .records
+    let unpacked = records
         .par_iter()
         .zip(deb_paths)
         .map(|(record, path)| {

@@ -111,9 +111,11 @@ pub struct Profile {
     /// NICs, bridges and addresses.
     #[serde(default)]
     pub network: Network,
-    /// Command channel for tests (QEMU guest agent).
-    #[serde(default)]
-    pub guest_agent: GuestAgent,
+    /// Loaded for a test build, which adds the test channel (the QEMU
+    /// guest agent, a root shell on the console) on top of the image. Never
+    /// read from a profile file: a profile describes production.
+    #[serde(skip)]
+    pub test_build: bool,
     /// iSCSI target served by tgtd (storage node).
     pub target: Option<Target>,
     /// iSCSI initiator (hypervisor node).
@@ -428,15 +430,6 @@ pub struct Bridge {
     pub address: Option<String>,
 }
 
-/// QEMU guest agent, the command channel tests use.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GuestAgent {
-    /// Install `qemu-guest-agent` and run it on its virtio-serial port.
-    #[serde(default)]
-    pub enabled: bool,
-}
-
 /// An iSCSI target served by tgtd.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -724,6 +717,13 @@ impl LoadedProfile {
     /// The names of the profile and its ancestors, the profile's own first.
     pub fn chain(&self) -> Vec<String> {
         self.files.iter().map(|path| profile_name(path)).collect()
+    }
+
+    /// This profile as a test build loads it: with the test channel.
+    pub fn for_test_build(&self) -> LoadedProfile {
+        let mut loaded = self.clone();
+        loaded.profile.test_build = true;
+        loaded
     }
 
     /// SHA256 of the merged profile, recorded in the manifest.
@@ -1213,11 +1213,10 @@ type ServiceFail<'a> = dyn Fn(&str, &str, Option<&str>, String) -> ProfileError 
 /// [`services::service_id`]), and `after` must name services and never
 /// go round in a circle.
 fn validate_services(profile: &Profile, fail: &ServiceFail) -> Result<(), ProfileError> {
-    let mut ids: BTreeMap<String, &str> = BTreeMap::new();
-    if profile.guest_agent.enabled {
-        let builtin = services::GUEST_AGENT_SERVICE;
-        ids.insert(services::service_id(builtin), builtin);
-    }
+    // A test build adds the guest agent's service to every profile.
+    let builtin = services::GUEST_AGENT_SERVICE;
+    let mut ids: BTreeMap<String, &str> =
+        BTreeMap::from([(services::service_id(builtin), builtin)]);
     for (service, definition) in &profile.services {
         let key = format!("services.{service}");
         if !services::is_valid_name(service) {
@@ -1233,7 +1232,7 @@ fn validate_services(profile: &Profile, fail: &ServiceFail) -> Result<(), Profil
         let id = services::service_id(service);
         if let Some(other) = ids.insert(id.clone(), service) {
             let taken = if other == services::GUEST_AGENT_SERVICE {
-                format!("the service `{other}` that guest_agent.enabled adds")
+                format!("the service `{other}` that test builds add")
             } else {
                 format!("the service `{other}`")
             };
@@ -1993,12 +1992,10 @@ mod tests {
         write(
             dir.path(),
             "p",
-            &format!(
-                "{PACKAGES}[guest_agent]\nenabled = true\n[services.guest_agent]\ncommand = \"x\"\n"
-            ),
+            &format!("{PACKAGES}[services.guest_agent]\ncommand = \"x\"\n"),
         );
         let error = load(dir.path(), "p").unwrap_err().to_string();
-        assert!(error.contains("guest_agent.enabled adds"), "{error}");
+        assert!(error.contains("that test builds add"), "{error}");
     }
 
     #[test]

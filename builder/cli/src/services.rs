@@ -47,10 +47,10 @@ pub fn ready_marker(name: &str) -> String {
 }
 
 /// The services init runs for `profile`: its own, plus the guest agent's
-/// when it is enabled.
+/// in a test build.
 pub fn profile_services(profile: &Profile) -> BTreeMap<String, Service> {
     let mut services = profile.services.clone();
-    if profile.guest_agent.enabled {
+    if profile.test_build {
         services.insert(
             GUEST_AGENT_SERVICE.into(),
             Service {
@@ -226,9 +226,13 @@ mod tests {
             text.contains("\nservice udev_coldplug oneshot udevd udev-coldplug true\n"),
             "{text}"
         );
+        assert!(!text.contains("guest_agent"), "{text}");
+        let test_build = storage.for_test_build();
+        let test_entries = render_entries(&test_build, &renderer).unwrap();
+        let test_text = table("storage", &test_entries);
         assert!(
-            text.contains("\nservice guest_agent daemon - guest-agent pidof qemu-ga\n"),
-            "{text}"
+            test_text.contains("\nservice guest_agent daemon - guest-agent pidof qemu-ga\n"),
+            "{test_text}"
         );
         let tgtd = text
             .lines()

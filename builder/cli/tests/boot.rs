@@ -1,9 +1,10 @@
-//! Boots the real storage and hypervisor images in QEMU and runs their
+//! Boots the test builds of the real storage and hypervisor images (each
+//! image plus the test channel, `build --test`) in QEMU and runs their
 //! profiles' health checks: `applbuild boot <profile> --check --json`.
 //! The images are built first (from the host's Debian mirror) when missing
 //! or stale, into `target/applbuild-images/`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use assert_cmd::cargo::CommandCargoExt;
@@ -143,17 +144,10 @@ const OVMF_VARS_SNAKEOIL: &str = "/usr/share/OVMF/OVMF_VARS_4M.snakeoil.fd";
 const SNAKEOIL_KEY: &str = "/usr/share/ovmf/PkKek-1-snakeoil.key";
 const SNAKEOIL_CERT: &str = "/usr/share/ovmf/PkKek-1-snakeoil.pem";
 
-/// Secure Boot enforced, with Debian's snakeoil keys enrolled: the image
-/// signed with the snakeoil key boots to ready, the unsigned one is refused
-/// by the firmware.
-#[test]
-fn signed_storage_image_boots_with_secure_boot_and_unsigned_is_refused() {
-    if !qemu_present() || !ovmf_present() {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("snakeoil.key");
-    // The key ships encrypted with the passphrase `snakeoil` (README.Debian).
+/// The snakeoil key without its passphrase (`snakeoil`, README.Debian),
+/// written into `dir`.
+fn snakeoil_key(dir: &Path) -> PathBuf {
+    let key = dir.join("snakeoil.key");
     let status = Command::new("openssl")
         .args([
             "pkey",
@@ -167,56 +161,82 @@ fn signed_storage_image_boots_with_secure_boot_and_unsigned_is_refused() {
         .status()
         .unwrap();
     assert!(status.success(), "openssl could not read the snakeoil key");
-    let out = dir.path().join("out");
-    let signed = Command::cargo_bin("applbuild")
+    key
+}
+
+/// `applbuild boot <profile> --check --json --disk --secure-boot` into
+/// `out`, with `extra` arguments.
+fn secure_boot_check(
+    profile: &str,
+    out: &Path,
+    extra: &[&std::ffi::OsStr],
+) -> std::process::Output {
+    Command::cargo_bin("applbuild")
         .unwrap()
         .current_dir(workspace())
         .args([
             "boot",
-            "storage",
+            profile,
             "--check",
             "--json",
             "--disk",
             "--secure-boot",
         ])
         .arg("--out")
-        .arg(&out)
-        .arg("--secure-boot-key")
-        .arg(&key)
-        .args(["--secure-boot-cert", SNAKEOIL_CERT])
+        .arg(out)
+        .args(extra)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// Secure Boot enforced, with Debian's snakeoil keys enrolled: `profile`'s
+/// image signed with the snakeoil key boots to ready and passes its checks.
+fn signed_image_boots_with_secure_boot(profile: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let key = snakeoil_key(dir.path());
+    let signed = secure_boot_check(
+        profile,
+        &dir.path().join("out"),
+        &[
+            "--secure-boot-key".as_ref(),
+            key.as_os_str(),
+            "--secure-boot-cert".as_ref(),
+            SNAKEOIL_CERT.as_ref(),
+        ],
+    );
     let stdout = String::from_utf8_lossy(&signed.stdout);
     let stderr = String::from_utf8_lossy(&signed.stderr);
     assert!(signed.status.success(), "signed image:\n{stdout}\n{stderr}");
     let report: Value = serde_json::from_str(&stdout).unwrap();
     passed_checks(&report);
+}
 
-    let unsigned = Command::cargo_bin("applbuild")
-        .unwrap()
-        .current_dir(workspace())
-        .args([
-            "boot",
-            "storage",
-            "--check",
-            "--json",
-            "--disk",
-            "--secure-boot",
-        ])
-        .args(["--timeout", "60", "--out"])
-        .arg(workspace().join("target/applbuild-images"))
-        .output()
-        .unwrap();
+/// The signed storage image boots under Secure Boot; the unsigned one is
+/// refused by the firmware.
+#[test]
+fn signed_storage_image_boots_with_secure_boot_and_unsigned_is_refused() {
+    if !qemu_present() || !ovmf_present() {
+        return;
+    }
+    signed_image_boots_with_secure_boot("storage");
+    let images = workspace().join("target/applbuild-images");
+    let unsigned = secure_boot_check("storage", &images, &["--timeout".as_ref(), "60".as_ref()]);
     assert!(
         !unsigned.status.success(),
         "an unsigned image booted under Secure Boot"
     );
-    let serial = std::fs::read_to_string(
-        workspace().join("target/applbuild-images/storage/run-secure-boot/serial.log"),
-    )
-    .unwrap();
+    let serial =
+        std::fs::read_to_string(images.join("storage/test/run-secure-boot/serial.log")).unwrap();
     assert!(serial.contains("Access Denied"), "{serial}");
     assert!(!serial.contains("APPLBUILD-READY"), "{serial}");
+}
+
+#[test]
+fn signed_hypervisor_image_boots_with_secure_boot() {
+    if !qemu_present() || !ovmf_present() {
+        return;
+    }
+    signed_image_boots_with_secure_boot("hypervisor");
 }
 
 /// Copies the project's profiles, overlay and lock file into a temporary

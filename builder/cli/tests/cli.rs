@@ -113,8 +113,21 @@ fn packages_with_module_a(busybox_version: &str, module_a: &[&str]) -> Vec<FakeP
         FakePackage::new("app", "1.0")
             .depends("gawk | mawk, libfoo")
             .file("/usr/bin/app", b"#!/bin/sh\necho app\n", 0o755),
+        // What a test build adds (`--test`): resolved with the image's
+        // packages and pinned in the lock, never in the image itself.
+        FakePackage::new("qemu-guest-agent", "1:7.2-1")
+            .depends("libglib2.0-0, libfoo")
+            .file("/usr/sbin/qemu-ga", b"\x7fELF qemu-ga", 0o755),
+        FakePackage::new("libglib2.0-0", "2.74-1").file(
+            "/usr/lib/x86_64-linux-gnu/libglib-2.0.so.0",
+            b"glib",
+            0o644,
+        ),
     ]
 }
+
+/// The packages only the tiny profile's test build installs.
+const TEST_ONLY: [&str; 2] = ["libglib2.0-0", "qemu-guest-agent"];
 
 /// The packages the tiny profile resolves to, sorted by name.
 const RESOLVED: [&str; 5] = ["app", "busybox", "libfoo1", "linux-image-test", "mawk"];
@@ -813,6 +826,13 @@ fn list_show_and_help_describe_the_project() {
             ("mawk", "1.3.4-1"),
         ]
     );
+    let test_build: Vec<&str> = shown["packages"]["test_build_packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(test_build, TEST_ONLY);
 
     fixture
         .applbuild(&["build", "--help"])
@@ -926,6 +946,78 @@ fn image_disk_adds_a_gpt_disk_image_listed_in_the_manifest() {
     assert!(
         fs::read(fixture.path("out2/tiny/disk.img")).unwrap() == disk,
         "disk.img differs between builds"
+    );
+}
+
+/// `build --test`: the image has no test channel; `test/initrd.img` is the
+/// image's `initrd.img` byte for byte, then the segment with exactly what
+/// the test build adds, and `test/test-build.json` says so.
+#[test]
+fn a_test_build_is_the_image_plus_one_segment_with_the_test_channel() {
+    let fixture = Fixture::new();
+    let layer = fixture
+        .project()
+        .join("rootfs-overlay/test-build/usr/lib/applbuild");
+    fs::create_dir_all(&layer).unwrap();
+    fs::write(layer.join("console"), "#!/bin/sh\nexec sh\n").unwrap();
+    fixture.build("out", "cache", &["--test"]).success();
+    let image = fixture.path("out/tiny");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(image.join("manifest.json")).unwrap()).unwrap();
+    let names: Vec<&str> = manifest["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, RESOLVED);
+    let lock = fs::read_to_string(fixture.lockfile()).unwrap();
+    assert!(lock.contains("qemu-guest-agent"), "{lock}");
+    let (production, _) = initrd_entries(&image.join("initrd.img"));
+    assert!(!production.contains_key("usr/sbin/qemu-ga"));
+    assert!(!production.contains_key("usr/lib/applbuild/console"));
+
+    let initrd = fs::read(image.join("initrd.img")).unwrap();
+    let test_initrd = fs::read(image.join("test/initrd.img")).unwrap();
+    let segment = fs::read(image.join("test/test-channel.cpio.zst")).unwrap();
+    assert_eq!(test_initrd[..initrd.len()], initrd[..]);
+    assert_eq!(test_initrd[initrd.len()..], segment[..]);
+    let (added, _) = initrd_entries(&image.join("test/test-channel.cpio.zst"));
+    assert_eq!(member(&added, "usr/sbin/qemu-ga"), b"\x7fELF qemu-ga");
+    assert_eq!(
+        member(&added, "usr/lib/applbuild/console"),
+        b"#!/bin/sh\nexec sh\n"
+    );
+    assert!(
+        !added.contains_key("usr/bin/app"),
+        "the image's own files stay out"
+    );
+
+    let described: serde_json::Value =
+        serde_json::from_slice(&fs::read(image.join("test/test-build.json")).unwrap()).unwrap();
+    assert_eq!(
+        described["image_initrd"]["sha256"],
+        sha256_hex(&initrd).as_str()
+    );
+    assert_eq!(
+        described["segment"]["sha256"],
+        sha256_hex(&segment).as_str()
+    );
+    let packages: Vec<&str> = described["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(packages, TEST_ONLY);
+    let added_paths = described["added"].as_array().unwrap();
+    assert!(
+        added_paths.iter().any(|p| p == "usr/sbin/qemu-ga"),
+        "{added_paths:?}"
+    );
+    assert_eq!(
+        fs::read(image.join("test/vmlinuz")).unwrap(),
+        fs::read(image.join("vmlinuz")).unwrap()
     );
 }
 

@@ -320,6 +320,19 @@ impl PackageIndex {
     }
 }
 
+/// An index of exactly these records, for example a resolved package set
+/// to be resolved again for a subset of its roots.
+impl FromIterator<PackageRecord> for PackageIndex {
+    fn from_iter<I: IntoIterator<Item = PackageRecord>>(records: I) -> Self {
+        let mut index = PackageIndex::default();
+        for record in records {
+            index.insert(record);
+        }
+        index.sort();
+        index
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

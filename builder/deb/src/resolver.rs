@@ -522,6 +522,34 @@ impl<'a> Resolver<'a> {
     }
 }
 
+/// The part of a resolved set `packages` that `request`'s roots need: the
+/// set resolved again with only these roots, every package locked at its
+/// version in the set, so the same alternatives are chosen. A test build's
+/// extra roots resolve together with the image's, and this takes the image's
+/// own packages back out.
+pub fn subset(
+    packages: &[PackageRecord],
+    request: &ResolveRequest,
+) -> Result<Vec<PackageRecord>, ResolveError> {
+    let index: PackageIndex = packages.iter().cloned().collect();
+    let locked = packages
+        .iter()
+        .map(|record| {
+            let package = LockedPackage {
+                version: record.version.clone(),
+                sha256: record.sha256.clone(),
+                suite: record.suite.clone(),
+            };
+            (record.name.clone(), package)
+        })
+        .collect();
+    let request = ResolveRequest {
+        locked,
+        ..request.clone()
+    };
+    Ok(resolve(&index, &request)?.packages)
+}
+
 /// A resolved package of which the index holds a higher version.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NewerVersion {
@@ -648,6 +676,28 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    #[test]
+    fn a_subset_keeps_what_its_roots_need_with_the_same_choices() {
+        // Both `agent` and `app` accept `libx | liby`; `liby` is preferred.
+        let idx = index(&[
+            ("app", "1", "Depends: libx | liby, libc"),
+            ("agent", "1", "Depends: libglib, libx | liby"),
+            ("libglib", "2", "Depends: libc"),
+            ("libx", "1", ""),
+            ("liby", "1", ""),
+            ("libc", "1", ""),
+        ]);
+        let mut both = request(&["app", "agent"]);
+        both.prefer = vec!["liby".into()];
+        let all = resolve(&idx, &both).unwrap().packages;
+        assert_eq!(all.len(), 5, "{all:?}");
+        let mut image = request(&["app"]);
+        image.prefer = vec!["liby".into()];
+        let subset = subset(&all, &image).unwrap();
+        let names: Vec<&str> = subset.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["app", "libc", "liby"]);
     }
 
     #[test]

@@ -380,9 +380,11 @@ fn encoder<W: Write>(
     Ok(encoder)
 }
 
-/// Writes the segments one after the other to a temporary file beside
-/// `out_path`, then renames it; returns the size and hex SHA256.
-fn concatenate(files: &[PathBuf], out_path: &Path) -> Result<(u64, String), InitramfsError> {
+/// Writes `files` (compressed segments, or whole initramfs images) one
+/// after the other to a temporary file beside `out_path`, then renames it;
+/// returns the size and hex SHA256. The kernel unpacks the result as one
+/// initramfs.
+pub fn concatenate(files: &[PathBuf], out_path: &Path) -> Result<(u64, String), InitramfsError> {
     let io_error = |path: &Path| {
         let path = path.to_path_buf();
         move |source| InitramfsError::Io { path, source }

@@ -120,6 +120,18 @@ pub struct Node {
     pub gid: u32,
 }
 
+/// How one tree differs from another ([`RootfsTree::changes_from`]); each
+/// list sorted by path.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TreeChanges {
+    /// Paths only the newer tree has.
+    pub added: Vec<String>,
+    /// Paths both have, with another kind, mode, owner or contents.
+    pub replaced: Vec<String>,
+    /// Paths only the older tree has.
+    pub removed: Vec<String>,
+}
+
 /// Counts of what a [`PathFilter`] left out.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FilterStats {
@@ -556,6 +568,59 @@ impl RootfsTree {
         digest_entries(self.iter())
     }
 
+    /// How this tree differs from `base`, path by path: what it adds, what
+    /// it holds differently (kind, mode, owner or contents) and what it
+    /// lacks.
+    pub fn changes_from(&self, base: &RootfsTree) -> TreeChanges {
+        let mut changes = TreeChanges::default();
+        for (path, node) in &self.nodes {
+            match base.nodes.get(path) {
+                None => changes.added.push(path.clone()),
+                Some(old) if old != node => changes.replaced.push(path.clone()),
+                Some(_) => {}
+            }
+        }
+        changes.removed = base
+            .nodes
+            .keys()
+            .filter(|path| !self.nodes.contains_key(*path))
+            .cloned()
+            .collect();
+        changes
+    }
+
+    /// A tree of only `paths` (exact paths of this tree) and their parent
+    /// directories, as this tree has them, on the merged-/usr layout. A hard
+    /// link becomes a copy of its file: the file may not be among `paths`.
+    pub fn extract<'a>(&self, paths: impl IntoIterator<Item = &'a str>) -> RootfsTree {
+        let mut extracted = RootfsTree::new();
+        for path in paths {
+            let mut ancestor = path;
+            while let Some((parent, _)) = ancestor.rsplit_once('/') {
+                if let Some(node) = self.nodes.get(parent) {
+                    extracted.nodes.insert(parent.to_string(), node.clone());
+                    extracted.implicit_dirs.remove(parent);
+                }
+                ancestor = parent;
+            }
+            let Some(node) = self.nodes.get(path) else {
+                continue;
+            };
+            let node = match &node.kind {
+                EntryKind::Hardlink(target) => Node {
+                    kind: self.nodes[target].kind.clone(),
+                    ..node.clone()
+                },
+                _ => node.clone(),
+            };
+            extracted.nodes.insert(path.to_string(), node);
+            if let Some(owner) = self.owners.get(path) {
+                extracted.owners.insert(path.to_string(), owner.clone());
+            }
+        }
+        extracted
+    }
+
     /// Normalizes a caller's path and resolves its parents.
     fn api_path(&self, path: &str) -> Result<String, RootfsError> {
         let normalized = normalize(path.as_bytes())
@@ -848,6 +913,34 @@ mod tests {
             EntryKind::File(c) => Some(c.to_vec()),
             _ => None,
         }
+    }
+
+    #[test]
+    fn changes_list_added_replaced_and_removed_paths_and_extract_keeps_parents() {
+        let mut base = RootfsTree::new();
+        base.add_dir("var/lib/secret", 0o700, 0, 0).unwrap();
+        base.add_file("etc/keep", &b"same"[..], 0o644, 0, 0)
+            .unwrap();
+        base.add_file("etc/edit", &b"old"[..], 0o644, 0, 0).unwrap();
+        base.add_file("etc/gone", &b"x"[..], 0o644, 0, 0).unwrap();
+        let mut newer = base.clone();
+        newer
+            .add_file("etc/edit", &b"new"[..], 0o644, 0, 0)
+            .unwrap();
+        newer
+            .add_file("var/lib/secret/agent", &b"a"[..], 0o600, 0, 0)
+            .unwrap();
+        newer.remove("etc/gone").unwrap();
+        let changes = newer.changes_from(&base);
+        assert_eq!(changes.added, ["var/lib/secret/agent"]);
+        assert_eq!(changes.replaced, ["etc/edit"]);
+        assert_eq!(changes.removed, ["etc/gone"]);
+
+        let extracted = newer.extract(["etc/edit", "var/lib/secret/agent"]);
+        assert_eq!(contents(&extracted, "etc/edit").unwrap(), b"new");
+        assert!(extracted.get("etc/keep").is_none());
+        // A parent keeps the mode it has in the tree, not a default one.
+        assert_eq!(extracted.get("var/lib/secret").unwrap().mode, 0o700);
     }
 
     #[test]
