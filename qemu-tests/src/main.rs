@@ -27,7 +27,7 @@ use clap::{Parser, Subcommand};
 
 use crate::cluster::{Cluster, HYPERVISOR, STORAGE};
 use crate::guest::GUEST;
-use crate::report::{Outcome, ScenarioReport, SuiteReport};
+use crate::report::{Outcome, ScenarioReport, SuiteReport, TestedImage};
 
 /// Failover acceptance suite for the applbuild storage and hypervisor
 /// images: S1–S14 of docs/acceptance.md, run in order on one booted cluster.
@@ -166,17 +166,8 @@ fn run_suite(cli: &Cli) -> Result<ExitCode> {
     );
 
     let started = Instant::now();
-    let mut suite = SuiteReport {
-        accel: format!("{accel:?}").to_lowercase(),
-        boot_to_ready_seconds: BTreeMap::new(),
-        scenarios: Vec::new(),
-        total_seconds: 0.0,
-        passed: 0,
-        flaky: 0,
-        failed: 0,
-        skipped: 0,
-        errors: Vec::new(),
-    };
+    let mut suite = SuiteReport::new(format!("{accel:?}").to_lowercase());
+    verify_test_builds(&images, &mut suite);
     let cluster_dirs = ClusterDirs {
         profiles: project.profiles_dir(),
         images,
@@ -241,6 +232,30 @@ fn prepare_images(project: &Project, images: &Path, no_build: bool) -> Result<()
         }
     }
     Ok(())
+}
+
+/// Checks that each node's test build is its production image plus the
+/// test channel, and records the production digests in `suite` (a
+/// mismatch is an error of the run).
+fn verify_test_builds(images: &Path, suite: &mut SuiteReport) {
+    for name in [STORAGE, HYPERVISOR] {
+        match test_build::verify(&images.join(name)) {
+            Ok(test) => {
+                let tested = TestedImage {
+                    image_initrd_sha256: test.image_initrd.sha256,
+                    image_kernel_sha256: test.image_kernel.sha256,
+                    image_disk_sha256: test.image_disk.map(|disk| disk.sha256),
+                    test_segment_sha256: test.segment.sha256,
+                    test_added_paths: test.added.len(),
+                    test_replaced_paths: test.replaced,
+                };
+                suite.images.insert(name.to_string(), tested);
+            }
+            Err(error) => suite.errors.push(format!(
+                "{name}: the test build is not the image plus the test channel: {error}"
+            )),
+        }
+    }
 }
 
 /// On SIGINT or SIGTERM: the VMs and switches are stopped, the serial logs

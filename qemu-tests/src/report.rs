@@ -56,11 +56,37 @@ pub struct ScenarioReport {
     pub failed_attempts: Vec<String>,
 }
 
+/// A node's image as the suite tested it: the production image's digests,
+/// and what its test build added (`applbuild build --test`), checked
+/// before the boot.
+#[derive(Debug, Clone, Serialize)]
+pub struct TestedImage {
+    /// SHA256 of the production image's `initrd.img`.
+    pub image_initrd_sha256: String,
+    /// SHA256 of its kernel.
+    pub image_kernel_sha256: String,
+    /// SHA256 of its UEFI disk `<profile>.img`, the bytes that get flashed.
+    pub image_disk_sha256: Option<String>,
+    /// SHA256 of the test channel's segment appended to the initramfs.
+    pub test_segment_sha256: String,
+    /// How many paths the segment adds.
+    pub test_added_paths: usize,
+    /// The image's paths the segment holds differently.
+    pub test_replaced_paths: Vec<String>,
+}
+
+/// The first 12 hex digits of a digest, as the table shows it.
+fn short_digest(digest: &str) -> &str {
+    &digest[..digest.len().min(12)]
+}
+
 /// The whole run.
 #[derive(Debug, Clone, Serialize)]
 pub struct SuiteReport {
     /// `kvm` or `tcg`.
     pub accel: String,
+    /// Per node: the production image the suite's test build was made of.
+    pub images: BTreeMap<String, TestedImage>,
     /// Seconds from starting QEMU to the ready line, per node.
     pub boot_to_ready_seconds: BTreeMap<String, f64>,
     /// Every scenario, in order.
@@ -80,6 +106,22 @@ pub struct SuiteReport {
 }
 
 impl SuiteReport {
+    /// An empty report of a run under `accel` (`kvm` or `tcg`).
+    pub fn new(accel: String) -> Self {
+        SuiteReport {
+            accel,
+            images: BTreeMap::new(),
+            boot_to_ready_seconds: BTreeMap::new(),
+            scenarios: Vec::new(),
+            total_seconds: 0.0,
+            passed: 0,
+            flaky: 0,
+            failed: 0,
+            skipped: 0,
+            errors: Vec::new(),
+        }
+    }
+
     /// Fills in the counts from the scenarios.
     pub fn count(&mut self) {
         let count = |outcome| {
@@ -112,6 +154,15 @@ impl SuiteReport {
             self.accel,
             boots.join(", ")
         ));
+        for (node, image) in &self.images {
+            text.push_str(&format!(
+                "{node}: production initrd.img sha256 {} + test channel {} ({} paths added, {} replaced)\n",
+                short_digest(&image.image_initrd_sha256),
+                short_digest(&image.test_segment_sha256),
+                image.test_added_paths,
+                image.test_replaced_paths.len()
+            ));
+        }
         text.push_str(&format!(
             "{:<4} {:<34} {:<16} {:>7}  {}\n",
             "id", "scenario", "result", "seconds", "key timings"
@@ -276,15 +327,10 @@ mod tests {
 
     fn counted_suite(scenarios: Vec<ScenarioReport>) -> SuiteReport {
         let mut report = SuiteReport {
-            accel: "tcg".into(),
             boot_to_ready_seconds: BTreeMap::from([("storage".to_string(), 30.0)]),
             scenarios,
             total_seconds: 100.0,
-            passed: 0,
-            flaky: 0,
-            failed: 0,
-            skipped: 0,
-            errors: vec![],
+            ..SuiteReport::new("tcg".into())
         };
         report.count();
         report

@@ -1001,19 +1001,8 @@ pub fn build_with_suites(
         false => None,
     };
     let manifest = Manifest {
-        profile: name.into(),
-        profile_digest: loaded.digest(),
-        inputs_digest,
-        applbuild_version: env!("CARGO_PKG_VERSION").into(),
-        distribution: format!(
-            "{}/{}",
-            loaded.profile.distribution.suite, loaded.profile.distribution.architecture
-        ),
-        kernel_release: assembled.modules.kernel_version.clone(),
-        rootfs_digest: hex::encode(assembled.tree.digest()),
-        modules: assembled.modules.load_order.clone(),
         packages: image_records.iter().map(manifest_package).collect(),
-        artifacts: written.artifacts,
+        ..image_manifest(&loaded, inputs_digest, &assembled, written.artifacts)
     };
     if !options.locked {
         update_lock(project, name, &resolved)?;
@@ -1039,6 +1028,30 @@ pub fn build_with_suites(
         seconds,
     };
     Ok(build_report(&loaded, &assembled, outcome))
+}
+
+/// The manifest of `loaded`'s image, without its packages.
+fn image_manifest(
+    loaded: &LoadedProfile,
+    inputs_digest: String,
+    assembled: &Assembled,
+    artifacts: Vec<Artifact>,
+) -> Manifest {
+    Manifest {
+        profile: loaded.name.clone(),
+        profile_digest: loaded.digest(),
+        inputs_digest,
+        applbuild_version: env!("CARGO_PKG_VERSION").into(),
+        distribution: format!(
+            "{}/{}",
+            loaded.profile.distribution.suite, loaded.profile.distribution.architecture
+        ),
+        kernel_release: assembled.modules.kernel_version.clone(),
+        rootfs_digest: hex::encode(assembled.tree.digest()),
+        modules: assembled.modules.load_order.clone(),
+        packages: Vec::new(),
+        artifacts,
+    }
 }
 
 /// Writes the test build into the staging folder, adds its artifacts to

@@ -14,7 +14,7 @@
 //! exactly this segment. A profile with `[image.uefi]` also gets
 //! `test/<profile>.img`, whose UKI carries that initramfs.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -24,7 +24,7 @@ use crate::pipeline::{
 };
 use crate::profile::{self, LoadedProfile};
 use applbuild_image::initramfs::{self, SegmentPlan};
-use applbuild_image::manifest::{Artifact, ManifestPackage};
+use applbuild_image::manifest::{Artifact, MANIFEST_FILE as MANIFEST, Manifest, ManifestPackage};
 
 /// The packages the test channel needs, resolved with the image's.
 pub const PACKAGES: &[&str] = &["qemu-guest-agent"];
@@ -207,5 +207,91 @@ fn write_manifest(dir: &Path, manifest: &TestBuildManifest) -> Result<Artifact, 
         file: MANIFEST_FILE.into(),
         size: json.len() as u64,
         sha256: hex::encode(Sha256::digest(&json)),
+    })
+}
+
+/// Why a test build is not its image plus the test channel.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// A file of the image or its test build cannot be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The image folder has no (readable) manifest or test build manifest.
+    #[error("{0} is missing or unreadable: build with --test")]
+    NoManifest(PathBuf),
+    /// A part of the test build differs from what it must equal.
+    #[error("{what}: expected SHA256 {expected}, found {found}")]
+    Differs {
+        /// Which part.
+        what: String,
+        /// The digest it must have.
+        expected: String,
+        /// The digest it has.
+        found: String,
+    },
+}
+
+/// Checks that `<image_dir>/test/` is the image of `<image_dir>` plus the
+/// test channel: its kernel is the image's, its `initrd.img` is the
+/// image's `initrd.img` (as the image's manifest records it) followed by
+/// the segment its manifest names. Returns that manifest.
+pub fn verify(image_dir: &Path) -> Result<TestBuildManifest, VerifyError> {
+    let image = Manifest::read(image_dir)
+        .ok_or_else(|| VerifyError::NoManifest(image_dir.join(MANIFEST)))?;
+    let test = TestBuildManifest::read(image_dir)
+        .ok_or_else(|| VerifyError::NoManifest(image_dir.join(DIR).join(MANIFEST_FILE)))?;
+    let recorded = |file: &str| {
+        image
+            .artifacts
+            .iter()
+            .find(|artifact| artifact.file == file)
+            .map_or_else(String::new, |artifact| artifact.sha256.clone())
+    };
+    let dir = image_dir.join(DIR);
+    let initrd = read(&dir.join("initrd.img"))?;
+    let split = usize::try_from(test.image_initrd.size)
+        .unwrap_or(usize::MAX)
+        .min(initrd.len());
+    let (image_part, segment_part) = initrd.split_at(split);
+    same(
+        "test/initrd.img up to the segment",
+        &recorded("initrd.img"),
+        image_part,
+    )?;
+    same(
+        "test/initrd.img from the segment on",
+        &test.segment.sha256,
+        segment_part,
+    )?;
+    same(
+        "test/vmlinuz",
+        &recorded("vmlinuz"),
+        &read(&dir.join("vmlinuz"))?,
+    )?;
+    Ok(test)
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, VerifyError> {
+    std::fs::read(path).map_err(|source| VerifyError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// `Ok` when `bytes` hash to `expected`.
+fn same(what: &str, expected: &str, bytes: &[u8]) -> Result<(), VerifyError> {
+    let found = hex::encode(Sha256::digest(bytes));
+    if found == expected {
+        return Ok(());
+    }
+    Err(VerifyError::Differs {
+        what: what.into(),
+        expected: expected.into(),
+        found,
     })
 }

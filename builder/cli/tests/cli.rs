@@ -1019,6 +1019,15 @@ fn a_test_build_is_the_image_plus_one_segment_with_the_test_channel() {
         fs::read(image.join("test/vmlinuz")).unwrap(),
         fs::read(image.join("vmlinuz")).unwrap()
     );
+
+    applbuild::test_build::verify(&image).expect("the test build is the image plus its segment");
+    let mut tampered = test_initrd.clone();
+    tampered[10] ^= 1;
+    fs::write(image.join("test/initrd.img"), &tampered).unwrap();
+    let error = applbuild::test_build::verify(&image)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("up to the segment"), "{error}");
 }
 
 /// A project holding a copy of the shipped profiles, for tests of them.
