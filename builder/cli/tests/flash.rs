@@ -94,25 +94,6 @@ fn text(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 
-/// `sfdisk` on PATH or in the sbin folders; missing: fails under CI=true,
-/// else `None` after a SKIPPED line.
-fn sfdisk() -> Option<PathBuf> {
-    let found = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
-        .chain(["/usr/sbin".into(), "/sbin".into()])
-        .map(|dir| dir.join("sfdisk"))
-        .find(|candidate| candidate.is_file());
-    if found.is_none() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "sfdisk is missing: run scripts/host-setup (Debian package fdisk)"
-        );
-        eprintln!("SKIPPED: sfdisk is not installed (scripts/host-setup installs fdisk)");
-    }
-    found
-}
-
 /// Every mapped byte of the image is on the target, except the sectors a
 /// moved backup GPT rewrites (the protective MBR, the primary header and
 /// the image's old backup header), which are checked through the table.
@@ -176,7 +157,7 @@ fn flashing_a_larger_file_writes_verifies_and_moves_the_backup_gpt() {
     assert_eq!(table.partitions, image_table.partitions);
     assert_eq!(table.backup_lba, written.len() as u64 / SECTOR_SIZE - 1);
 
-    if let Some(sfdisk) = sfdisk() {
+    if let Some(sfdisk) = applbuild_testdata::host_tool("sfdisk", "fdisk") {
         let verify = std::process::Command::new(sfdisk)
             .arg("--verify")
             .arg(&target)

@@ -1276,32 +1276,12 @@ mod tests {
         );
     }
 
-    /// `sfdisk` from util-linux (Debian package `fdisk`), on PATH or in the
-    /// sbin folders a non-root PATH lacks. Missing: fails under CI=true,
-    /// else `None` after a SKIPPED line.
-    fn sfdisk() -> Option<PathBuf> {
-        let found = std::env::var_os("PATH")
-            .into_iter()
-            .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
-            .chain(["/usr/sbin".into(), "/sbin".into()])
-            .map(|dir| dir.join("sfdisk"))
-            .find(|candidate| candidate.is_file());
-        if found.is_none() {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "sfdisk is missing: run scripts/host-setup (Debian package fdisk)"
-            );
-            eprintln!("SKIPPED: sfdisk is not installed (scripts/host-setup installs fdisk)");
-        }
-        found
-    }
-
     /// util-linux must read the table we write: three partitions where we
     /// put them, with our names, types (EFI System and Linux data) and
     /// GUIDs, and no complaint.
     #[test]
     fn sfdisk_reads_the_partition_table() {
-        let Some(sfdisk) = sfdisk() else {
+        let Some(sfdisk) = applbuild_testdata::host_tool("sfdisk", "fdisk") else {
             return;
         };
         let sample = sample();
@@ -1521,7 +1501,7 @@ mod tests {
     /// the end, the free space after the last partition usable.
     #[test]
     fn sfdisk_verifies_a_relocated_table() {
-        let Some(sfdisk) = sfdisk() else {
+        let Some(sfdisk) = applbuild_testdata::host_tool("sfdisk", "fdisk") else {
             return;
         };
         let sample = sample();

@@ -199,25 +199,24 @@ mod tests {
         let first = sign_pe(&unsigned, "systemd-bootx64.efi", key, dir.path()).unwrap();
         let second = sign_pe(&unsigned, "systemd-bootx64.efi", key, dir.path()).unwrap();
         assert_eq!(first, second, "two signatures differ");
-        let signed = dir.path().join("signed.efi");
-        std::fs::write(&signed, &first).unwrap();
-        let verify = Command::new("sbverify")
-            .args(["--cert", SNAKEOIL_CERT])
-            .arg(&signed)
-            .output()
-            .unwrap();
+        let verify = sbverify(dir.path(), &first);
         assert!(verify.status.success(), "{verify:?}");
-        let unsigned_path = dir.path().join("unsigned.efi");
-        std::fs::write(&unsigned_path, &unsigned).unwrap();
-        let refused = Command::new("sbverify")
-            .args(["--cert", SNAKEOIL_CERT])
-            .arg(&unsigned_path)
-            .output()
-            .unwrap();
+        let refused = sbverify(dir.path(), &unsigned);
         assert!(
             !refused.status.success(),
             "sbverify accepted an unsigned binary"
         );
+    }
+
+    /// `sbverify --cert <snakeoil>` on `binary`, written into `dir`.
+    fn sbverify(dir: &Path, binary: &[u8]) -> std::process::Output {
+        let path = dir.join("to-verify.efi");
+        std::fs::write(&path, binary).unwrap();
+        Command::new("sbverify")
+            .args(["--cert", SNAKEOIL_CERT])
+            .arg(&path)
+            .output()
+            .unwrap()
     }
 
     /// A UKI made from Debian's stub, signed, verifies with `sbverify`,
@@ -252,13 +251,8 @@ mod tests {
             key: &key_path,
             cert: Path::new(SNAKEOIL_CERT),
         };
-        let signed = dir.path().join("uki.efi");
-        std::fs::write(&signed, sign_pe(&uki, "uki.efi", key, dir.path()).unwrap()).unwrap();
-        let verify = Command::new("sbverify")
-            .args(["--cert", SNAKEOIL_CERT])
-            .arg(&signed)
-            .output()
-            .unwrap();
+        let signed = sign_pe(&uki, "uki.efi", key, dir.path()).unwrap();
+        let verify = sbverify(dir.path(), &signed);
         assert!(verify.status.success(), "{verify:?}");
     }
 

@@ -21,6 +21,28 @@ use serde::Deserialize;
 pub const FILL_COMMAND: &str = "cargo run --release --locked -p applbuild -- \
      build storage hypervisor guest --locked --out target/applbuild-images";
 
+/// The host tool `name` on PATH or in the sbin folders a non-root PATH
+/// lacks; missing: a failed test under `CI=true` (naming the Debian
+/// `package` that `scripts/host-setup` installs), else a `SKIPPED:` line
+/// and `None`.
+#[track_caller]
+pub fn host_tool(name: &str, package: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file());
+    if found.is_none() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{name} is missing: run scripts/host-setup (Debian package {package})"
+        );
+        eprintln!("SKIPPED: {name} is not installed (scripts/host-setup installs {package})");
+    }
+    found
+}
+
 /// The compressions a `Packages` index may be cached in, best first (as
 /// applbuild-repo picks them).
 const INDEX_COMPRESSIONS: [&str; 3] = [".xz", ".gz", ""];
