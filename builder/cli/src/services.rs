@@ -473,6 +473,18 @@ mod tests {
     }
 
     #[test]
+    fn a_oneshot_that_exits_is_said_to_have_failed() {
+        // A bare `exit` in a command ends the command, not the supervisor.
+        let root = SuperviseRoot::new(&[("once", "oneshot", "-", "true", "exit 4")]);
+        let console = root.run("once");
+        assert_eq!(
+            failed_lines(&console),
+            ["APPLBUILD-FAILED once: exited with status 4"],
+            "{console}"
+        );
+    }
+
+    #[test]
     fn supervise_says_a_post_start_step_failed() {
         let root = SuperviseRoot::new(&[("p", "daemon", "-", "true", "sleep 30")]);
         let functions = root.dir.path().join("functions");
