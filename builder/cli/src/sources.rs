@@ -104,7 +104,11 @@ pub fn fetch_sources(
         .iter()
         .map(|repository| fetch_source_index(repository, &resolved.cache, &options.reporter))
         .collect::<Result<Vec<_>, _>>()?;
-    let chosen = choose(repositories, &indexes, wanted_sources(&resolved.records))?;
+    let chosen = choose(
+        repositories,
+        &indexes,
+        wanted_sources(&resolved.image_records()),
+    )?;
     let files = distinct_files(&chosen)?;
     let downloaded = files
         .values()

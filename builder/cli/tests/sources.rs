@@ -21,7 +21,8 @@ const SECURITY: &str = "bookworm-security";
 const BUSYBOX_FIXED: &str = "1:1.35.0-4+deb12u1";
 
 /// `app` (native source), `libc6` and `libc-bin` (binNMUs of `glibc`
-/// 2.36-9) and `busybox`, with the source packages of all of them.
+/// 2.36-9) and `busybox`, with the source packages of all of them, and
+/// `qemu-guest-agent` without one.
 fn bookworm() -> (Vec<FakePackage>, Vec<FakeSource>) {
     let packages = vec![
         FakePackage::new("app", "1.0")
@@ -30,6 +31,9 @@ fn bookworm() -> (Vec<FakePackage>, Vec<FakeSource>) {
         FakePackage::new("libc6", "2.36-9+b1").source("glibc (2.36-9)"),
         FakePackage::new("libc-bin", "2.36-9+b1").source("glibc (2.36-9)"),
         FakePackage::new("busybox", "1:1.35.0-4"),
+        // Only a test build installs it, so no source of it is fetched:
+        // the archive lists none.
+        FakePackage::new("qemu-guest-agent", "1:7.2-1").depends("libc6"),
     ];
     let sources = vec![
         FakeSource::new("app", "1.0"),

@@ -36,7 +36,8 @@ fn fake_module(fields: &[&str]) -> Vec<u8> {
     object.write().expect("write fake module")
 }
 
-/// A kernel with one module `a`, and `busybox` at `busybox` holding `contents`.
+/// A kernel with one module `a`, `busybox` at `busybox` holding `contents`,
+/// and `qemu-guest-agent`.
 fn packages(busybox: &str, contents: &[u8]) -> Vec<FakePackage> {
     let modules = format!("/lib/modules/{RELEASE}");
     vec![
@@ -54,6 +55,8 @@ fn packages(busybox: &str, contents: &[u8]) -> Vec<FakePackage> {
             )
             .file(&format!("{modules}/modules.builtin"), b"", 0o644),
         busybox_package(busybox, contents),
+        // Resolved with every image for its test build (`build --test`).
+        FakePackage::new("qemu-guest-agent", "1:7.2-1").file("/usr/sbin/qemu-ga", b"ga", 0o755),
     ]
 }
 

@@ -317,6 +317,41 @@ impl Repository {
         cache: &Cache,
         progress: &Reporter,
     ) -> Result<IndexInfo, RepositoryError> {
+        let (release, data) = self.verified_inrelease(cache, progress)?;
+        let url = self.dists_url("InRelease");
+
+        let mut indexes = Vec::new();
+        for component in &self.config.components {
+            let (path, entry) = self.pick_index(&release, component, &url)?;
+            self.index_blob(cache, &release, &path, entry, progress)?;
+            indexes.push(IndexBlob {
+                path,
+                sha256: entry.sha256.clone(),
+                size: entry.size,
+            });
+        }
+
+        let info = IndexInfo {
+            mirror: self.mirror.clone(),
+            suite: self.config.suite.clone(),
+            release_suite: release.suite.clone(),
+            codename: release.codename.clone(),
+            date: release.date.clone(),
+            inrelease_sha256: hex::encode(Sha256::digest(&data)),
+            indexes,
+        };
+        Ok(info)
+    }
+
+    /// The suite's Release from its InRelease (downloaded, or the cached copy
+    /// when offline), with the raw InRelease: signature, suite, age
+    /// (`Valid-Until`, `max_index_age`) checked, and online, a replayed
+    /// older InRelease refused before the copy in the cache is replaced.
+    pub fn verified_inrelease(
+        &self,
+        cache: &Cache,
+        progress: &Reporter,
+    ) -> Result<(Release, Vec<u8>), RepositoryError> {
         let keyring = Keyring::load(&self.config.keyring)?;
         let url = self.dists_url("InRelease");
         let data = if self.config.offline {
@@ -341,28 +376,7 @@ impl Repository {
             self.check_not_replayed(cache, &keyring, &release, &url)?;
             cache.store_latest(&url, &data)?;
         }
-
-        let mut indexes = Vec::new();
-        for component in &self.config.components {
-            let (path, entry) = self.pick_index(&release, component, &url)?;
-            self.index_blob(cache, &release, &path, entry, progress)?;
-            indexes.push(IndexBlob {
-                path,
-                sha256: entry.sha256.clone(),
-                size: entry.size,
-            });
-        }
-
-        let info = IndexInfo {
-            mirror: self.mirror.clone(),
-            suite: self.config.suite.clone(),
-            release_suite: release.suite.clone(),
-            codename: release.codename.clone(),
-            date: release.date.clone(),
-            inrelease_sha256: hex::encode(Sha256::digest(&data)),
-            indexes,
-        };
-        Ok(info)
+        Ok((release, data))
     }
 
     /// The Release inside a signed InRelease, checked for the suite asked

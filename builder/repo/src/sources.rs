@@ -6,15 +6,14 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
 
 use crate::cache::{Cache, CacheError, InsertError};
-use crate::repository::{INRELEASE_LIMIT, Repository, RepositoryError, decompress};
-use crate::signature::Keyring;
+use crate::repository::{Repository, RepositoryError, decompress};
 use crate::transport::Transport;
 use applbuild_deb::deb822::{Deb822Error, Stanza, parse_stanzas};
-use applbuild_deb::release::{Release, format_date};
 use applbuild_progress::{Reporter, Task, Unit};
+#[cfg(test)]
+use std::time::SystemTime;
 
 /// Compressed forms of a `Sources` index, in order of preference.
 const SOURCES_COMPRESSIONS: [&str; 3] = [".xz", ".gz", ""];
@@ -208,7 +207,7 @@ pub fn fetch_source_index(
     let dists = |path: &str| format!("{mirror}/dists/{}/{path}", config.suite);
     let transport = Transport::new();
     let url = dists("InRelease");
-    let release = verified_release(repository, cache, &transport, &url, progress)?;
+    let (release, _) = repository.verified_inrelease(cache, progress)?;
     let mut merged = SourceIndex::default();
     for component in &config.components {
         let (path, entry) = SOURCES_COMPRESSIONS
@@ -234,52 +233,6 @@ pub fn fetch_source_index(
         merged.merge(SourceIndex::parse(&text, &path)?);
     }
     Ok(merged)
-}
-
-/// The suite's Release, from an InRelease whose signature, suite and
-/// `Valid-Until` were checked (read back from the cache when offline).
-fn verified_release(
-    repository: &Repository,
-    cache: &Cache,
-    transport: &Transport,
-    url: &str,
-    progress: &Reporter,
-) -> Result<Release, RepositoryError> {
-    let config = repository.config();
-    let keyring = Keyring::load(&config.keyring)?;
-    let data = if config.offline {
-        let path = cache.latest(url).ok_or_else(|| RepositoryError::Offline {
-            cache: cache.root().to_path_buf(),
-            missing: format!("copy of {url}"),
-        })?;
-        std::fs::read(&path).map_err(|source| RepositoryError::ReadCached {
-            url: url.to_owned(),
-            path,
-            source,
-        })?
-    } else {
-        transport.fetch_bytes(url, &progress.spinner("InRelease"), INRELEASE_LIMIT)?
-    };
-    let release = Release::parse(&keyring.verify_cleartext(&data, url)?, url)?;
-    if !release.is_for(&config.suite) {
-        return Err(RepositoryError::WrongSuite {
-            url: url.to_owned(),
-            expected: config.suite.clone(),
-            found: release.suite.clone().unwrap_or_default(),
-        });
-    }
-    if let Some(valid_until) = release.valid_until
-        && valid_until < SystemTime::now()
-    {
-        return Err(RepositoryError::Expired {
-            url: url.to_owned(),
-            valid_until: format_date(valid_until),
-        });
-    }
-    if !config.offline {
-        cache.store_latest(url, &data)?;
-    }
-    Ok(release)
 }
 
 /// The cache blob of `(sha256, size)`, downloaded from `url` when absent.
