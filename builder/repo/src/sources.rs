@@ -12,8 +12,6 @@ use crate::repository::{Repository, RepositoryError, decompress};
 use crate::transport::Transport;
 use applbuild_deb::deb822::{Deb822Error, Stanza, parse_stanzas};
 use applbuild_progress::{Reporter, Task, Unit};
-#[cfg(test)]
-use std::time::SystemTime;
 
 /// Compressed forms of a `Sources` index, in order of preference.
 const SOURCES_COMPRESSIONS: [&str; 3] = [".xz", ".gz", ""];
@@ -345,10 +343,12 @@ fn file_error(package: &SourcePackage, error: RepositoryError) -> SourcesError {
 mod tests {
     use super::*;
     use crate::repository::RepositoryConfig;
+    use applbuild_deb::release::format_date;
     use pgp::composed::{CleartextSignedMessage, KeyType, SecretKeyParamsBuilder, SignedPublicKey};
     use pgp::ser::Serialize;
     use pgp::types::Password;
     use sha2::{Digest, Sha256};
+    use std::time::SystemTime;
 
     fn sha256(data: &[u8]) -> String {
         hex::encode(Sha256::digest(data))
