@@ -8,8 +8,14 @@ use applbuild::pipeline::{self, BuildOptions, Project};
 use applbuild::profile;
 use applbuild_progress::Reporter;
 
-/// Makes sure `images/<profile>` is an up-to-date image of each profile.
-pub fn ensure_built(project: &Project, images: &Path, profiles: &[&str]) -> Result<()> {
+/// Makes sure `images/<profile>` is an up-to-date image of each profile,
+/// built with the secrets of `secrets` (else each cluster's store).
+pub fn ensure_built(
+    project: &Project,
+    images: &Path,
+    profiles: &[&str],
+    secrets: Option<&Path>,
+) -> Result<()> {
     let options = BuildOptions {
         out_dir: images.to_path_buf(),
         cache_dir: pipeline::default_cache_dir(),
@@ -20,10 +26,12 @@ pub fn ensure_built(project: &Project, images: &Path, profiles: &[&str]) -> Resu
         reporter: Reporter::for_terminal(),
         apt_root: PathBuf::from("/"),
         secure_boot: None,
+        secrets: secrets.map(Path::to_path_buf),
     };
     for name in profiles {
         let loaded = profile::load(&project.profiles_dir(), name)?;
-        if pipeline::is_up_to_date(project, &loaded, &images.join(name)) {
+        let store = pipeline::secrets_store(&loaded, &options)?;
+        if pipeline::is_up_to_date(project, &loaded, &store, &images.join(name)) {
             continue;
         }
         eprintln!(

@@ -75,6 +75,10 @@ struct Cli {
     /// `scripts/test` passes it in CI.
     #[arg(long)]
     disk: bool,
+    /// Secrets file (mode 0600) the images are built with and S13 reads
+    /// [default: the cluster's store, $XDG_CONFIG_HOME/applbuild/secrets/<cluster>.toml].
+    #[arg(long, value_name = "FILE")]
+    secrets: Option<PathBuf>,
     /// Project folder [default: the nearest folder upwards with profiles/].
     #[arg(long, value_name = "DIR")]
     project: Option<PathBuf>,
@@ -151,7 +155,14 @@ fn run_suite(cli: &Cli) -> Result<ExitCode> {
     };
     let images = std::path::absolute(&cli.images)?;
     let artifacts = std::path::absolute(&cli.artifacts)?;
-    prepare_images(&project, &images, cli.no_build)?;
+    prepare_images(&project, &images, cli.no_build, cli.secrets.as_deref())?;
+    let secrets = match &cli.secrets {
+        Some(file) => std::path::absolute(file)?,
+        None => {
+            let storage = applbuild::profile::load(&project.profiles_dir(), STORAGE)?;
+            applbuild_secrets::default_path(storage.profile.cluster())?
+        }
+    };
 
     // Unix socket paths are limited to 108 bytes: sockets live under /tmp.
     let run_dir = std::env::temp_dir().join(format!("applbuild-test-{}", std::process::id()));
@@ -179,6 +190,7 @@ fn run_suite(cli: &Cli) -> Result<ExitCode> {
         images,
         run: run_dir.clone(),
         artifacts,
+        secrets,
         from: if cli.disk {
             BootFrom::Disk { secure_boot: false }
         } else {
@@ -222,9 +234,14 @@ fn run_suite(cli: &Cli) -> Result<ExitCode> {
 }
 
 /// Checks (`--no-build`) or builds the three images.
-fn prepare_images(project: &Project, images: &Path, no_build: bool) -> Result<()> {
+fn prepare_images(
+    project: &Project,
+    images: &Path,
+    no_build: bool,
+    secrets: Option<&Path>,
+) -> Result<()> {
     if !no_build {
-        return images::ensure_built(project, images, &[STORAGE, HYPERVISOR, GUEST]);
+        return images::ensure_built(project, images, &[STORAGE, HYPERVISOR, GUEST], secrets);
     }
     for name in [STORAGE, HYPERVISOR, GUEST] {
         if !images.join(name).join("vmlinuz").is_file() {
@@ -255,6 +272,7 @@ struct ClusterDirs {
     images: PathBuf,
     run: PathBuf,
     artifacts: PathBuf,
+    secrets: PathBuf,
     from: BootFrom,
 }
 
@@ -275,6 +293,7 @@ fn boot_cluster(dirs: &ClusterDirs, accel: Accel, suite: &mut SuiteReport) -> Op
         &dirs.images,
         &dirs.run,
         &dirs.artifacts,
+        &dirs.secrets,
         accel,
         dirs.from,
     ) {

@@ -39,6 +39,7 @@ use applbuild_rootfs::kernel_modules::{self, KernelModulesError, ModuleSelection
 use applbuild_rootfs::overlay::{self, OverlayKind};
 use applbuild_rootfs::rootfs::{PathFilter, RootfsTree};
 use applbuild_rootfs::templates::Renderer;
+use applbuild_secrets::Store;
 
 /// The file that pins package versions per profile.
 pub const LOCKFILE: &str = "applbuild.lock";
@@ -119,6 +120,9 @@ pub enum BuildError {
     /// The overlay or a template failed.
     #[error(transparent)]
     Overlay(#[from] overlay::OverlayError),
+    /// The secrets store could not be read or written.
+    #[error(transparent)]
+    Secrets(#[from] applbuild_secrets::SecretsError),
     /// A service definition is not a valid template.
     #[error(transparent)]
     Template(#[from] applbuild_rootfs::templates::TemplateError),
@@ -286,6 +290,8 @@ pub struct BuildOptions {
     /// Secure Boot key and certificate overriding the profile's
     /// (`--secure-boot-key`, `--secure-boot-cert`).
     pub secure_boot: Option<profile::SecureBootKeys>,
+    /// Secrets file overriding the cluster's store (`--secrets`).
+    pub secrets: Option<PathBuf>,
 }
 
 /// Command-line settings of single suites (`--suite-mirror`,
@@ -745,11 +751,44 @@ impl ResolutionCache {
     }
 }
 
+/// The secrets file of `loaded`: `--secrets`, else its cluster's store.
+pub fn secrets_path(loaded: &LoadedProfile, options: &BuildOptions) -> Result<PathBuf, BuildError> {
+    match &options.secrets {
+        Some(path) => Ok(path.clone()),
+        None => Ok(applbuild_secrets::default_path(loaded.profile.cluster())?),
+    }
+}
+
+/// The secrets store of `loaded`, with a random value for each secret the
+/// profile names and the store lacks (written back, and said on stderr:
+/// never a value); an empty store, read from no file, for a profile that
+/// names no secret.
+pub fn secrets_store(loaded: &LoadedProfile, options: &BuildOptions) -> Result<Store, BuildError> {
+    let names = loaded.profile.secret_names();
+    if names.is_empty() {
+        return Ok(Store::empty(Path::new("")));
+    }
+    let mut store = Store::open(&secrets_path(loaded, options)?)?;
+    let existed = store.exists();
+    let added = store.add_missing(names);
+    if !added.is_empty() {
+        store.save()?;
+        eprintln!(
+            "applbuild: {}: {} {} with random values: {}",
+            loaded.name,
+            if existed { "added to" } else { "created" },
+            store.path().display(),
+            added.join(", ")
+        );
+    }
+    Ok(store)
+}
+
 /// SHA256 over everything a build reads from the project (profile, overlay,
-/// locked versions) and applbuild's version: equal digests, equal images.
+/// locked versions, the values of its secrets) and applbuild's version: equal digests, equal images.
 /// This reads the locked versions from the lock file, as `boot` needs; a
 /// build hashes the versions it resolved, which the lock file then holds.
-pub fn inputs_digest(project: &Project, loaded: &LoadedProfile) -> String {
+pub fn inputs_digest(project: &Project, loaded: &LoadedProfile, secrets: &Store) -> String {
     let locked = Lockfile::load(&project.lockfile())
         .ok()
         .flatten()
@@ -758,6 +797,7 @@ pub fn inputs_digest(project: &Project, loaded: &LoadedProfile) -> String {
     digest_inputs(
         project,
         loaded,
+        secrets,
         locked.iter().map(|(name, package)| {
             (
                 name.as_str(),
@@ -773,11 +813,17 @@ pub fn inputs_digest(project: &Project, loaded: &LoadedProfile) -> String {
 fn digest_inputs<'a>(
     project: &Project,
     loaded: &LoadedProfile,
+    secrets: &Store,
     packages: impl Iterator<Item = (&'a str, String, &'a str)>,
 ) -> String {
     let mut hasher = Sha256::new();
     hasher.update(env!("CARGO_PKG_VERSION"));
     hasher.update(loaded.digest());
+    // A changed secret rebuilds; a missing one can match no image.
+    for name in loaded.profile.secret_names() {
+        let value = secrets.get(name).unwrap_or_default();
+        hasher.update(format!("secret {name} {}:{value}\n", value.len()));
+    }
     for layer in project.overlay_layers(loaded) {
         hash_tree(&layer, &layer, &mut hasher);
     }
@@ -792,6 +838,7 @@ fn digest_inputs<'a>(
 fn resolved_inputs_digest(
     project: &Project,
     loaded: &LoadedProfile,
+    secrets: &Store,
     resolved: &Resolved,
 ) -> String {
     let by_name: BTreeMap<&str, &PackageRecord> = resolved
@@ -802,6 +849,7 @@ fn resolved_inputs_digest(
     digest_inputs(
         project,
         loaded,
+        secrets,
         by_name
             .into_iter()
             .map(|(name, record)| (name, record.version.to_string(), record.sha256.as_str())),
@@ -834,9 +882,14 @@ fn hash_tree(root: &Path, dir: &Path, hasher: &mut Sha256) {
 }
 
 /// Whether `image_dir` holds an intact image built from the current inputs.
-pub fn is_up_to_date(project: &Project, loaded: &LoadedProfile, image_dir: &Path) -> bool {
+pub fn is_up_to_date(
+    project: &Project,
+    loaded: &LoadedProfile,
+    secrets: &Store,
+    image_dir: &Path,
+) -> bool {
     Manifest::read(image_dir).is_some_and(|manifest| {
-        manifest.inputs_digest == inputs_digest(project, loaded)
+        manifest.inputs_digest == inputs_digest(project, loaded, secrets)
             && manifest.artifacts_intact(image_dir)
     })
 }
@@ -888,6 +941,7 @@ pub fn build_with_suites(
 ) -> Result<BuildReport, BuildError> {
     let total = Instant::now();
     let loaded = profile::load(&project.profiles_dir(), name)?;
+    let secrets = secrets_store(&loaded, options)?;
     let mut seconds = StepSeconds::default();
     let resolved = resolve_packages(
         project,
@@ -897,11 +951,11 @@ pub fn build_with_suites(
         LockUse::Follow,
         &mut seconds,
     )?;
-    let inputs_digest = resolved_inputs_digest(project, &loaded, &resolved);
+    let inputs_digest = resolved_inputs_digest(project, &loaded, &secrets, &resolved);
     let unpacked = unpack(&resolved, &loaded, options, &mut seconds)?;
     let downloaded = unpacked.downloaded;
     let from_unpack_cache = unpacked.from_unpack_cache;
-    let assembled = assemble(project, &loaded, unpacked.tree, &mut seconds)?;
+    let assembled = assemble(project, &loaded, &secrets, unpacked.tree, &mut seconds)?;
     let signing_keys = secure_boot_keys(project, &loaded, options);
     let written = write_artifacts(
         &loaded,
@@ -1061,10 +1115,12 @@ fn with_pattern_file(loaded: &LoadedProfile, error: KernelModulesError) -> Build
 }
 
 /// Trims the kernel modules, adds the base layout and the overlay, and
-/// takes the kernel image out of the tree.
+/// takes the kernel image out of the tree. Overlay files that hold a
+/// secret's value are private to root.
 fn assemble(
     project: &Project,
     loaded: &LoadedProfile,
+    secrets: &Store,
     mut tree: RootfsTree,
     seconds: &mut StepSeconds,
 ) -> Result<Assembled, BuildError> {
@@ -1072,10 +1128,23 @@ fn assemble(
     let settings = &loaded.profile.kernel;
     let modules = kernel_modules::select_modules(&mut tree, &settings.modules, &settings.drivers)
         .map_err(|error| with_pattern_file(loaded, error))?;
-    let context = services::template_context(loaded, &modules.kernel_version, &modules.load_order)?;
+    let context = services::template_context(
+        loaded,
+        &modules.kernel_version,
+        &modules.load_order,
+        secrets,
+    )?;
     let renderer = Renderer::new(&context);
     add_base_layout(&mut tree)?;
-    for item in overlay::read_layers(&project.overlay_layers(loaded), &renderer)? {
+    let mut items = overlay::read_layers(&project.overlay_layers(loaded), &renderer)?;
+    let values: Vec<&str> = loaded
+        .profile
+        .secret_names()
+        .into_iter()
+        .filter_map(|name| secrets.get(name))
+        .collect();
+    overlay::restrict_private(&mut items, &values);
+    for item in items {
         match item.kind {
             OverlayKind::File { contents, mode } => {
                 tree.add_file(&item.path, contents, mode, 0, 0)?

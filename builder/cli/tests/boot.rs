@@ -14,6 +14,12 @@ fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// The secrets file `scripts/test` builds the images of
+/// `target/applbuild-images` with (created here when missing).
+fn test_secrets() -> PathBuf {
+    workspace().join("target/test-secrets.toml")
+}
+
 /// Whether QEMU can run here; in CI (`CI=true`) a missing QEMU fails the test.
 fn qemu_present() -> bool {
     let present = Command::new("qemu-system-x86_64")
@@ -43,6 +49,8 @@ fn boot_check_with(profile: &str, extra: &[&str]) -> Value {
         .current_dir(workspace())
         .args(["boot", profile, "--check", "--json", "--out"])
         .arg(&out)
+        .arg("--secrets")
+        .arg(test_secrets())
         .args(extra)
         .output()
         .unwrap();
@@ -181,6 +189,8 @@ fn signed_storage_image_boots_with_secure_boot_and_unsigned_is_refused() {
         ])
         .arg("--out")
         .arg(&out)
+        .arg("--secrets")
+        .arg(test_secrets())
         .arg("--secure-boot-key")
         .arg(&key)
         .args(["--secure-boot-cert", SNAKEOIL_CERT])
@@ -205,6 +215,8 @@ fn signed_storage_image_boots_with_secure_boot_and_unsigned_is_refused() {
         ])
         .args(["--timeout", "60", "--out"])
         .arg(workspace().join("target/applbuild-images"))
+        .arg("--secrets")
+        .arg(test_secrets())
         .output()
         .unwrap();
     assert!(
@@ -268,6 +280,8 @@ fn a_service_that_fails_ends_the_boot_check_with_its_failure_line() {
         .arg(project.path())
         .args(["boot", "doomed", "--check", "--out"])
         .arg(project.path().join("out"))
+        .arg("--secrets")
+        .arg(project.path().join("secrets.toml"))
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
