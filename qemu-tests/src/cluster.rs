@@ -12,6 +12,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use applbuild::boot::{self, BootFrom, READY_MARKER};
 use applbuild::profile::{self, LoadedProfile};
 use applbuild::test_build;
+use applbuild_secrets::Store;
 use applbuild_vm::console::{fatal_lines, not_ready_detail};
 use applbuild_vm::machine::RunningVm;
 use applbuild_vm::qemu::{Accel, Disk, DiskCache, NetBackend};
@@ -325,6 +326,8 @@ pub struct Cluster {
     pub images: PathBuf,
     /// How the CPUs are emulated.
     pub accel: Accel,
+    /// The secrets the images were built with (S13 logs in with them).
+    pub secrets: Store,
 }
 
 impl Cluster {
@@ -337,9 +340,11 @@ impl Cluster {
         images: &Path,
         run_dir: &Path,
         artifacts: &Path,
+        secrets: &Path,
         accel: Accel,
         from: BootFrom,
     ) -> Result<Self> {
+        let secrets = Store::load(secrets)?;
         let storage_profile = profile::load(profiles_dir, STORAGE)?;
         let hypervisor_profile = profile::load(profiles_dir, HYPERVISOR)?;
         let guest_profile = profile::load(profiles_dir, GUEST)?;
@@ -396,6 +401,7 @@ impl Cluster {
             artifacts: artifacts.to_path_buf(),
             images: images.to_path_buf(),
             accel,
+            secrets,
         })
     }
 

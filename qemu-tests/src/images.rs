@@ -9,12 +9,14 @@ use applbuild::profile;
 use applbuild_progress::Reporter;
 
 /// Makes sure `images/<profile>` is an up-to-date image of each profile,
-/// with its test build (`images/<profile>/test/`) when `test_build`.
+/// with its test build (`images/<profile>/test/`) when `test_build`, built
+/// with the secrets of `secrets` (else each cluster's store).
 pub fn ensure_built(
     project: &Project,
     images: &Path,
     profiles: &[&str],
     test_build: bool,
+    secrets: Option<&Path>,
 ) -> Result<()> {
     let options = BuildOptions {
         out_dir: images.to_path_buf(),
@@ -27,10 +29,12 @@ pub fn ensure_built(
         apt_root: PathBuf::from("/"),
         secure_boot: None,
         test_build,
+        secrets: secrets.map(Path::to_path_buf),
     };
     for name in profiles {
         let loaded = profile::load(&project.profiles_dir(), name)?;
-        if pipeline::is_up_to_date(project, &loaded, &images.join(name), test_build) {
+        let store = pipeline::secrets_store(&loaded, &options)?;
+        if pipeline::is_up_to_date(project, &loaded, &store, &images.join(name), test_build) {
             continue;
         }
         eprintln!(

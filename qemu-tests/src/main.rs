@@ -76,6 +76,10 @@ struct Cli {
     /// `scripts/test` passes it in CI.
     #[arg(long)]
     disk: bool,
+    /// Secrets file (mode 0600) the images are built with and S13 reads
+    /// [default: the cluster's store, $XDG_CONFIG_HOME/applbuild/secrets/<cluster>.toml].
+    #[arg(long, value_name = "FILE")]
+    secrets: Option<PathBuf>,
     /// Project folder [default: the nearest folder upwards with profiles/].
     #[arg(long, value_name = "DIR")]
     project: Option<PathBuf>,
@@ -140,19 +144,21 @@ fn exec_in_vm(socket: &Path, command: &str, timeout: Duration) -> Result<ExitCod
 
 fn run_suite(cli: &Cli) -> Result<ExitCode> {
     let all = scenarios::all();
-    let selected: Vec<String> = cli.scenarios.iter().map(|s| s.to_uppercase()).collect();
-    for id in &selected {
-        if !all.iter().any(|s| s.id == id) {
-            bail!("unknown scenario {id} (see `applbuild-test list`)");
-        }
-    }
+    let selected = selected_scenarios(cli, &all)?;
     let project = match &cli.project {
         Some(dir) => Project::at(dir),
         None => Project::find(&std::env::current_dir()?)?,
     };
     let images = std::path::absolute(&cli.images)?;
     let artifacts = std::path::absolute(&cli.artifacts)?;
-    prepare_images(&project, &images, cli.no_build)?;
+    prepare_images(&project, &images, cli.no_build, cli.secrets.as_deref())?;
+    let secrets = match &cli.secrets {
+        Some(file) => std::path::absolute(file)?,
+        None => {
+            let storage = applbuild::profile::load(&project.profiles_dir(), STORAGE)?;
+            applbuild_secrets::default_path(storage.profile.cluster())?
+        }
+    };
 
     // Unix socket paths are limited to 108 bytes: sockets live under /tmp.
     let run_dir = std::env::temp_dir().join(format!("applbuild-test-{}", std::process::id()));
@@ -173,6 +179,7 @@ fn run_suite(cli: &Cli) -> Result<ExitCode> {
         images,
         run: run_dir.clone(),
         artifacts,
+        secrets,
         from: if cli.disk {
             BootFrom::Disk { secure_boot: false }
         } else {
@@ -216,11 +223,16 @@ fn run_suite(cli: &Cli) -> Result<ExitCode> {
 }
 
 /// Checks (`--no-build`) or builds the three images.
-fn prepare_images(project: &Project, images: &Path, no_build: bool) -> Result<()> {
+fn prepare_images(
+    project: &Project,
+    images: &Path,
+    no_build: bool,
+    secrets: Option<&Path>,
+) -> Result<()> {
     if !no_build {
         // The nodes boot their test builds; the guest VM is a test workload.
-        images::ensure_built(project, images, &[STORAGE, HYPERVISOR], true)?;
-        return images::ensure_built(project, images, &[GUEST], false);
+        images::ensure_built(project, images, &[STORAGE, HYPERVISOR], true, secrets)?;
+        return images::ensure_built(project, images, &[GUEST], false, secrets);
     }
     for dir in [
         images.join(STORAGE).join(test_build::DIR),
@@ -232,6 +244,18 @@ fn prepare_images(project: &Project, images: &Path, no_build: bool) -> Result<()
         }
     }
     Ok(())
+}
+
+/// The scenario ids `--scenario` names, upper-cased; an unknown one is an
+/// error.
+fn selected_scenarios(cli: &Cli, all: &[scenarios::Scenario]) -> Result<Vec<String>> {
+    let selected: Vec<String> = cli.scenarios.iter().map(|s| s.to_uppercase()).collect();
+    for id in &selected {
+        if !all.iter().any(|s| s.id == id) {
+            bail!("unknown scenario {id} (see `applbuild-test list`)");
+        }
+    }
+    Ok(selected)
 }
 
 /// Checks that each node's test build is its production image plus the
@@ -279,6 +303,7 @@ struct ClusterDirs {
     images: PathBuf,
     run: PathBuf,
     artifacts: PathBuf,
+    secrets: PathBuf,
     from: BootFrom,
 }
 
@@ -299,6 +324,7 @@ fn boot_cluster(dirs: &ClusterDirs, accel: Accel, suite: &mut SuiteReport) -> Op
         &dirs.images,
         &dirs.run,
         &dirs.artifacts,
+        &dirs.secrets,
         accel,
         dirs.from,
     ) {

@@ -3,7 +3,8 @@
 //! (`applbuild-repo`, `applbuild-deb`), assembles the root file system
 //! (`applbuild-rootfs`), writes the image files (`applbuild-image`) and boots
 //! them (`applbuild-vm`); `sources` fetches the image's source packages and
-//! `flash` writes a disk image onto a disk.
+//! `flash` writes a disk image onto a disk; `secrets` keeps the cluster's
+//! secrets store (`applbuild-secrets`) filled.
 //! See `docs/architecture.md` for the data flow.
 
 pub mod boot;
@@ -12,6 +13,7 @@ pub mod lockfile;
 pub mod pipeline;
 pub mod profile;
 pub mod sbom;
+pub mod secrets;
 pub mod services;
 pub mod sources;
 pub mod test_build;

@@ -33,6 +33,7 @@ use applbuild_vm::{machine, process};
 ///   applbuild boot storage --check      # headless: boot, health checks, power off
 ///   applbuild boot storage --disk --check  # the same, booting storage.img through UEFI firmware
 ///   applbuild flash hypervisor /dev/sdX  # write hypervisor.img onto a disk or a USB stick
+///   applbuild secrets init              # the cluster's CHAP secrets, outside the project
 #[derive(Parser)]
 #[command(name = "applbuild", version, verbatim_doc_comment)]
 struct Cli {
@@ -219,6 +220,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Keep the cluster's secrets store (CHAP secrets) outside the project.
+    ///
+    /// Profiles name their secrets (`secret = { name = "iscsi-chap" }`);
+    /// the values live in one file per cluster,
+    /// $XDG_CONFIG_HOME/applbuild/secrets/<cluster>.toml (else
+    /// ~/.config/applbuild/secrets/<cluster>.toml), mode 0600. See
+    /// docs/security.md.
+    #[command(verbatim_doc_comment)]
+    Secrets {
+        #[command(subcommand)]
+        action: SecretsAction,
+    },
     /// Remove built images (and with --cache, the download cache).
     Clean {
         /// Output folder [default: out/ in the project folder].
@@ -277,6 +290,24 @@ impl From<BootArgs> for BootOptions {
     }
 }
 
+#[derive(Subcommand)]
+enum SecretsAction {
+    /// Create or extend the store with every secret the project's profiles
+    /// name: existing values stay, missing ones get 24 random letters and
+    /// digits. Prints the file and the names, never a value.
+    Init {
+        /// One secrets file for every profile, instead of each cluster's store.
+        #[arg(long, value_name = "FILE")]
+        secrets: Option<PathBuf>,
+        /// Give every secret a new random value (the file is replaced).
+        #[arg(long)]
+        fresh: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 #[derive(Args, Clone)]
 struct BuildArgs {
     /// Output folder; each profile gets a subfolder [default: out/ in the project folder].
@@ -313,6 +344,11 @@ struct BuildArgs {
     /// The PEM certificate of --secure-boot-key (the one the servers' db holds).
     #[arg(long, value_name = "FILE", requires = "secure_boot_key")]
     secure_boot_cert: Option<PathBuf>,
+    /// Secrets file (mode 0600) [default: the cluster's store,
+    /// $XDG_CONFIG_HOME/applbuild/secrets/<cluster>.toml]; missing secrets
+    /// are added with random values.
+    #[arg(long, value_name = "FILE")]
+    secrets: Option<PathBuf>,
 }
 
 /// Splits `SUITE=VALUE`.
@@ -437,6 +473,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             flash_image(&request, project)
         }
+        Command::Secrets {
+            action:
+                SecretsAction::Init {
+                    secrets,
+                    fresh,
+                    json,
+                },
+        } => init_secrets(&project()?, secrets.as_deref(), fresh, json),
         Command::Clean {
             out,
             cache_dir,
@@ -446,13 +490,41 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Some(dir) => dir,
                 None => project()?.root().join("out"),
             };
-            remove_dir(&out)?;
-            if cache {
-                remove_dir(&cache_dir.unwrap_or_else(pipeline::default_cache_dir))?;
-            }
-            Ok(ExitCode::SUCCESS)
+            clean(
+                &out,
+                cache.then(|| cache_dir.unwrap_or_else(pipeline::default_cache_dir)),
+            )
         }
     }
+}
+
+/// `applbuild clean`: the output folder, and the cache when given.
+fn clean(out: &Path, cache: Option<PathBuf>) -> Result<ExitCode> {
+    remove_dir(out)?;
+    if let Some(cache) = cache {
+        remove_dir(&cache)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `applbuild secrets init`.
+fn init_secrets(
+    project: &Project,
+    file: Option<&Path>,
+    fresh: bool,
+    json: bool,
+) -> Result<ExitCode> {
+    let reports = applbuild::secrets::init(project, file, fresh)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    } else if reports.is_empty() {
+        println!("no profile refers to a secret");
+    } else {
+        for report in &reports {
+            print!("{}", applbuild::secrets::describe(report));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn build_profiles(
@@ -551,6 +623,8 @@ fn show_profile(
     json: bool,
 ) -> Result<ExitCode> {
     let loaded = profile::load(&project.profiles_dir(), name)?;
+    // Secrets show as `<secret NAME>`: the store's values are never printed.
+    let merged = profile::redacted(&loaded.merged);
     let packages = if no_packages {
         None
     } else {
@@ -566,7 +640,7 @@ fn show_profile(
             serde_json::to_string_pretty(&serde_json::json!({
                 "profile": name,
                 "files": loaded.files,
-                "merged": loaded.merged,
+                "merged": merged,
                 "packages": packages,
             }))?
         );
@@ -578,7 +652,7 @@ fn show_profile(
         .map(|f| f.display().to_string())
         .collect();
     println!("# profile {name} (from {})", files.join(", "));
-    println!("{}", toml::to_string_pretty(&loaded.merged)?);
+    println!("{}", toml::to_string_pretty(&merged)?);
     if let Some(resolved) = packages {
         println!(
             "# {} packages, {} KiB installed",
@@ -626,8 +700,15 @@ fn boot_profile(
     let image_dir = options.out_dir.join(name).join(test_build::DIR);
     // Keys given on the command line are not among the inputs the digest
     // covers, so their image is always built again.
+    let secrets = pipeline::secrets_store(&loaded, &options)?;
     if options.secure_boot.is_some()
-        || !pipeline::is_up_to_date(project, &loaded, &options.out_dir.join(name), true)
+        || !pipeline::is_up_to_date(
+            project,
+            &loaded,
+            &secrets,
+            &options.out_dir.join(name),
+            true,
+        )
     {
         if !json {
             eprintln!("applbuild: {name}: image missing, stale or to be signed: building first");
@@ -710,6 +791,7 @@ fn build_options(project: &Project, args: &BuildArgs, json: bool) -> BuildOption
             .zip(args.secure_boot_cert.clone())
             .map(|(key, cert)| profile::SecureBootKeys { key, cert }),
         test_build: false,
+        secrets: args.secrets.clone(),
     }
 }
 

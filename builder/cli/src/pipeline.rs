@@ -40,6 +40,7 @@ use applbuild_rootfs::kernel_modules::{self, KernelModulesError, ModuleSelection
 use applbuild_rootfs::overlay::{self, OverlayKind};
 use applbuild_rootfs::rootfs::{PathFilter, RootfsTree};
 use applbuild_rootfs::templates::Renderer;
+use applbuild_secrets::Store;
 
 /// The file that pins package versions per profile.
 pub const LOCKFILE: &str = "applbuild.lock";
@@ -120,6 +121,9 @@ pub enum BuildError {
     /// The overlay or a template failed.
     #[error(transparent)]
     Overlay(#[from] overlay::OverlayError),
+    /// The secrets store could not be read or written.
+    #[error(transparent)]
+    Secrets(#[from] applbuild_secrets::SecretsError),
     /// A service definition is not a valid template.
     #[error(transparent)]
     Template(#[from] applbuild_rootfs::templates::TemplateError),
@@ -299,6 +303,8 @@ pub struct BuildOptions {
     pub secure_boot: Option<profile::SecureBootKeys>,
     /// Also write the test build (`--test`, see [`test_build`]).
     pub test_build: bool,
+    /// Secrets file overriding the cluster's store (`--secrets`).
+    pub secrets: Option<PathBuf>,
 }
 
 /// Command-line settings of single suites (`--suite-mirror`,
@@ -814,11 +820,44 @@ impl ResolutionCache {
     }
 }
 
+/// The secrets file of `loaded`: `--secrets`, else its cluster's store.
+pub fn secrets_path(loaded: &LoadedProfile, options: &BuildOptions) -> Result<PathBuf, BuildError> {
+    match &options.secrets {
+        Some(path) => Ok(path.clone()),
+        None => Ok(applbuild_secrets::default_path(loaded.profile.cluster())?),
+    }
+}
+
+/// The secrets store of `loaded`, with a random value for each secret the
+/// profile names and the store lacks (written back, and said on stderr:
+/// never a value); an empty store, read from no file, for a profile that
+/// names no secret.
+pub fn secrets_store(loaded: &LoadedProfile, options: &BuildOptions) -> Result<Store, BuildError> {
+    let names = loaded.profile.secret_names();
+    if names.is_empty() {
+        return Ok(Store::empty(Path::new("")));
+    }
+    let mut store = Store::open(&secrets_path(loaded, options)?)?;
+    let existed = store.exists();
+    let added = store.add_missing(names);
+    if !added.is_empty() {
+        store.save()?;
+        eprintln!(
+            "applbuild: {}: {} {} with random values: {}",
+            loaded.name,
+            if existed { "added to" } else { "created" },
+            store.path().display(),
+            added.join(", ")
+        );
+    }
+    Ok(store)
+}
+
 /// SHA256 over everything a build reads from the project (profile, overlay,
-/// locked versions) and applbuild's version: equal digests, equal images.
+/// locked versions, the values of its secrets) and applbuild's version: equal digests, equal images.
 /// This reads the locked versions from the lock file, as `boot` needs; a
 /// build hashes the versions it resolved, which the lock file then holds.
-pub fn inputs_digest(project: &Project, loaded: &LoadedProfile) -> String {
+pub fn inputs_digest(project: &Project, loaded: &LoadedProfile, secrets: &Store) -> String {
     let locked = Lockfile::load(&project.lockfile())
         .ok()
         .flatten()
@@ -827,6 +866,7 @@ pub fn inputs_digest(project: &Project, loaded: &LoadedProfile) -> String {
     digest_inputs(
         project,
         loaded,
+        secrets,
         locked.iter().map(|(name, package)| {
             (
                 name.as_str(),
@@ -842,11 +882,17 @@ pub fn inputs_digest(project: &Project, loaded: &LoadedProfile) -> String {
 fn digest_inputs<'a>(
     project: &Project,
     loaded: &LoadedProfile,
+    secrets: &Store,
     packages: impl Iterator<Item = (&'a str, String, &'a str)>,
 ) -> String {
     let mut hasher = Sha256::new();
     hasher.update(env!("CARGO_PKG_VERSION"));
     hasher.update(loaded.digest());
+    // A changed secret rebuilds; a missing one can match no image.
+    for name in loaded.profile.secret_names() {
+        let value = secrets.get(name).unwrap_or_default();
+        hasher.update(format!("secret {name} {}:{value}\n", value.len()));
+    }
     // The test build's layer counts too: `--test` builds from these inputs.
     for layer in project.overlay_layers(&loaded.for_test_build()) {
         hash_tree(&layer, &layer, &mut hasher);
@@ -862,6 +908,7 @@ fn digest_inputs<'a>(
 fn resolved_inputs_digest(
     project: &Project,
     loaded: &LoadedProfile,
+    secrets: &Store,
     resolved: &Resolved,
 ) -> String {
     let by_name: BTreeMap<&str, &PackageRecord> = resolved
@@ -872,6 +919,7 @@ fn resolved_inputs_digest(
     digest_inputs(
         project,
         loaded,
+        secrets,
         by_name
             .into_iter()
             .map(|(name, record)| (name, record.version.to_string(), record.sha256.as_str())),
@@ -908,12 +956,13 @@ fn hash_tree(root: &Path, dir: &Path, hasher: &mut Sha256) {
 pub fn is_up_to_date(
     project: &Project,
     loaded: &LoadedProfile,
+    secrets: &Store,
     image_dir: &Path,
     with_test_build: bool,
 ) -> bool {
     let test_manifest = format!("{}/{}", test_build::DIR, test_build::MANIFEST_FILE);
     Manifest::read(image_dir).is_some_and(|manifest| {
-        manifest.inputs_digest == inputs_digest(project, loaded)
+        manifest.inputs_digest == inputs_digest(project, loaded, secrets)
             && manifest.artifacts_intact(image_dir)
             && (!with_test_build || manifest.artifacts.iter().any(|a| a.file == test_manifest))
     })
@@ -966,6 +1015,7 @@ pub fn build_with_suites(
 ) -> Result<BuildReport, BuildError> {
     let total = Instant::now();
     let loaded = profile::load(&project.profiles_dir(), name)?;
+    let secrets = secrets_store(&loaded, options)?;
     let mut seconds = StepSeconds::default();
     let resolved = resolve_packages(
         project,
@@ -975,10 +1025,10 @@ pub fn build_with_suites(
         LockUse::Follow,
         &mut seconds,
     )?;
-    let inputs_digest = resolved_inputs_digest(project, &loaded, &resolved);
+    let inputs_digest = resolved_inputs_digest(project, &loaded, &secrets, &resolved);
     let image_records = resolved.image_records();
     let unpacked = unpack(&resolved, &image_records, &loaded, options, &mut seconds)?;
-    let assembled = assemble(project, &loaded, unpacked.tree, &mut seconds)?;
+    let assembled = assemble(project, &loaded, &secrets, unpacked.tree, &mut seconds)?;
     let signing_keys = secure_boot_keys(project, &loaded, options);
     let mut written = write_artifacts(
         &loaded,
@@ -993,7 +1043,7 @@ pub fn build_with_suites(
             project,
             &loaded,
             &resolved,
-            &assembled,
+            (&assembled, &secrets),
             &mut written,
             options,
             &mut seconds,
@@ -1060,7 +1110,7 @@ fn write_test_build(
     project: &Project,
     loaded: &LoadedProfile,
     resolved: &Resolved,
-    assembled: &Assembled,
+    (assembled, secrets): (&Assembled, &Store),
     written: &mut Artifacts,
     options: &BuildOptions,
     seconds: &mut StepSeconds,
@@ -1071,6 +1121,7 @@ fn write_test_build(
         dir: written.staging.path(),
         assembled,
         artifacts: &written.artifacts,
+        secrets,
     };
     let (artifacts, manifest) = test_build::write(
         project,
@@ -1228,10 +1279,12 @@ fn with_pattern_file(loaded: &LoadedProfile, error: KernelModulesError) -> Build
 }
 
 /// Trims the kernel modules, adds the base layout and the overlay, and
-/// takes the kernel image out of the tree.
+/// takes the kernel image out of the tree. Overlay files that hold a
+/// secret's value are private to root.
 pub(crate) fn assemble(
     project: &Project,
     loaded: &LoadedProfile,
+    secrets: &Store,
     mut tree: RootfsTree,
     seconds: &mut StepSeconds,
 ) -> Result<Assembled, BuildError> {
@@ -1239,10 +1292,23 @@ pub(crate) fn assemble(
     let settings = &loaded.profile.kernel;
     let modules = kernel_modules::select_modules(&mut tree, &settings.modules, &settings.drivers)
         .map_err(|error| with_pattern_file(loaded, error))?;
-    let context = services::template_context(loaded, &modules.kernel_version, &modules.load_order)?;
+    let context = services::template_context(
+        loaded,
+        &modules.kernel_version,
+        &modules.load_order,
+        secrets,
+    )?;
     let renderer = Renderer::new(&context);
     add_base_layout(&mut tree)?;
-    for item in overlay::read_layers(&project.overlay_layers(loaded), &renderer)? {
+    let mut items = overlay::read_layers(&project.overlay_layers(loaded), &renderer)?;
+    let values: Vec<&str> = loaded
+        .profile
+        .secret_names()
+        .into_iter()
+        .filter_map(|name| secrets.get(name))
+        .collect();
+    overlay::restrict_private(&mut items, &values);
+    for item in items {
         match item.kind {
             OverlayKind::File { contents, mode } => {
                 tree.add_file(&item.path, contents, mode, 0, 0)?

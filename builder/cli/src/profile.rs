@@ -96,6 +96,9 @@ pub struct Profile {
     pub description: Option<String>,
     /// Host name set at boot.
     pub hostname: Option<String>,
+    /// The cluster the image belongs to: names the secrets store
+    /// (`<config>/applbuild/secrets/<cluster>.toml`); unset: [`DEFAULT_CLUSTER`].
+    pub cluster: Option<String>,
     /// Where packages come from.
     #[serde(default)]
     pub distribution: Distribution,
@@ -154,7 +157,54 @@ pub const NON_FREE_FIRMWARE_COMPONENT: &str = "non-free-firmware";
 pub const NON_FREE_FIRMWARE: &[&str] =
     &["firmware-bnx2", "firmware-bnx2x", "firmware-misc-nonfree"];
 
+/// The cluster of a profile that sets none.
+pub const DEFAULT_CLUSTER: &str = "default";
+
 impl Profile {
+    /// The cluster whose secrets store the profile's secrets come from.
+    pub fn cluster(&self) -> &str {
+        self.cluster.as_deref().unwrap_or(DEFAULT_CLUSTER)
+    }
+
+    /// Every secret the profile refers to, with the JSON pointer of its
+    /// value in the template context (`/target/chap/secret`).
+    pub fn secret_refs(&self) -> Vec<(String, &SecretRef)> {
+        let target = self.target.as_ref();
+        let initiator = self.initiator.as_ref();
+        let chaps = [
+            ("target", "chap", target.and_then(|t| t.chap.as_ref())),
+            (
+                "target",
+                "mutual_chap",
+                target.and_then(|t| t.mutual_chap.as_ref()),
+            ),
+            ("initiator", "chap", initiator.and_then(|i| i.chap.as_ref())),
+            (
+                "initiator",
+                "mutual_chap",
+                initiator.and_then(|i| i.mutual_chap.as_ref()),
+            ),
+        ];
+        chaps
+            .into_iter()
+            .filter_map(|(table, field, chap)| {
+                Some((format!("/{table}/{field}/secret"), &chap?.secret))
+            })
+            .collect()
+    }
+
+    /// The names of [`Profile::secret_refs`], sorted, each once.
+    pub fn secret_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self
+            .secret_refs()
+            .into_iter()
+            .map(|(_, secret)| secret.name.as_str())
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+
     /// Adds the component and packages that `hardware` asks for.
     fn apply_hardware(&mut self) {
         if !self.hardware.non_free_firmware {
@@ -450,6 +500,14 @@ pub struct Target {
     pub chap: Option<Chap>,
     /// Credentials the target presents back (mutual CHAP).
     pub mutual_chap: Option<Chap>,
+    /// The discovery session (SendTargets) authenticates with `chap` and
+    /// `mutual_chap` too (tgt's `incomingdiscoveryuser`, `outgoingdiscoveryuser`).
+    #[serde(default)]
+    pub discovery_auth: bool,
+    /// Serve the target with neither CHAP nor an initiator ACL; refused
+    /// unless set.
+    #[serde(default)]
+    pub allow_unauthenticated: bool,
 }
 
 /// One logical unit.
@@ -487,8 +545,85 @@ impl Lun {
 pub struct Chap {
     /// User name.
     pub username: String,
-    /// Secret (12 to 16 characters for interoperability).
-    pub secret: String,
+    /// The secret, by its name in the secrets store.
+    pub secret: SecretRef,
+}
+
+/// A secret named in a profile, `{ name = "iscsi-chap" }`: its value lives
+/// in the cluster's secrets store, never in the profile. It serializes as
+/// `<secret NAME>`, so a printed profile or a JSON report never holds a
+/// value; the build puts the values into the template context.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretRef {
+    /// Name in the secrets store.
+    pub name: String,
+}
+
+/// What a profile says instead of a secret's value.
+pub const LITERAL_SECRET: &str = "a secret is never written in a profile: refer to it by name, \
+     `secret = { name = \"NAME\" }`, and keep its value in the secrets store \
+     (`applbuild secrets init`; docs/security.md)";
+
+impl Serialize for SecretRef {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&applbuild_secrets::redacted(&self.name))
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretRef {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(SecretRefVisitor)
+    }
+}
+
+/// The table form of [`SecretRef`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NamedSecret {
+    name: String,
+}
+
+struct SecretRefVisitor;
+
+impl<'de> serde::de::Visitor<'de> for SecretRefVisitor {
+    type Value = SecretRef;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a secret reference `{ name = \"NAME\" }`")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, _value: &str) -> Result<SecretRef, E> {
+        Err(E::custom(LITERAL_SECRET))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<SecretRef, A::Error> {
+        let named = NamedSecret::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+        Ok(SecretRef { name: named.name })
+    }
+}
+
+/// `merged` with every secret reference (`secret = { name = "N" }`)
+/// replaced by `<secret N>`, for printing.
+pub fn redacted(merged: &toml::Table) -> toml::Table {
+    merged
+        .iter()
+        .map(|(key, value)| (key.clone(), redacted_value(key, value)))
+        .collect()
+}
+
+fn redacted_value(key: &str, value: &toml::Value) -> toml::Value {
+    match value {
+        toml::Value::Table(table) => match table.get("name") {
+            Some(toml::Value::String(name)) if key == "secret" && table.len() == 1 => {
+                toml::Value::String(applbuild_secrets::redacted(name))
+            }
+            _ => toml::Value::Table(redacted(table)),
+        },
+        toml::Value::Array(items) => {
+            toml::Value::Array(items.iter().map(|item| redacted_value("", item)).collect())
+        }
+        other => other.clone(),
+    }
 }
 
 /// The iSCSI initiator.
@@ -510,6 +645,10 @@ pub struct Initiator {
     pub chap: Option<Chap>,
     /// Credentials expected from the target (mutual CHAP).
     pub mutual_chap: Option<Chap>,
+    /// Discovery (SendTargets) authenticates with `chap` and `mutual_chap`
+    /// too (open-iscsi's `discovery.sendtargets.auth.*`).
+    #[serde(default)]
+    pub discovery_auth: bool,
     /// Session timeouts.
     #[serde(default)]
     pub timeouts: IscsiTimeouts,
@@ -1174,7 +1313,89 @@ where
             ));
         }
     }
+    let chap = Chaps {
+        table: "target",
+        chap: target.chap.as_ref(),
+        mutual: target.mutual_chap.as_ref(),
+        discovery_auth: target.discovery_auth,
+    };
+    chap.validate(fail)?;
+    if target.chap.is_none()
+        && target.allowed_initiators.is_empty()
+        && target.allowed_addresses.is_empty()
+        && !target.allow_unauthenticated
+    {
+        return Err(fail(
+            "target",
+            "neither `chap` nor an initiator ACL (`allowed_initiators`, `allowed_addresses`): \
+             any initiator could log in; set `allow_unauthenticated = true` to serve it so"
+                .into(),
+        ));
+    }
     Ok(())
+}
+
+/// The CHAP settings of a target or an initiator.
+struct Chaps<'a> {
+    /// `target` or `initiator`.
+    table: &'a str,
+    chap: Option<&'a Chap>,
+    mutual: Option<&'a Chap>,
+    discovery_auth: bool,
+}
+
+impl Chaps<'_> {
+    /// Mutual CHAP and discovery authentication need `chap`; the two
+    /// directions need their own secrets and user names.
+    fn validate<F>(&self, fail: &F) -> Result<(), ProfileError>
+    where
+        F: Fn(&str, String) -> ProfileError,
+    {
+        let key = |field: &str| format!("{}.{field}", self.table);
+        for chap in [self.chap, self.mutual].into_iter().flatten() {
+            if !applbuild_secrets::is_valid_name(&chap.secret.name) {
+                return Err(fail(
+                    &key("chap"),
+                    format!(
+                        "secret name {:?}: only letters, digits, `-`, `_` and `.`",
+                        chap.secret.name
+                    ),
+                ));
+            }
+        }
+        let Some(chap) = self.chap else {
+            if self.mutual.is_some() {
+                return Err(fail(
+                    &key("mutual_chap"),
+                    "needs `chap`: the initiator authenticates first".into(),
+                ));
+            }
+            if self.discovery_auth {
+                return Err(fail(
+                    &key("discovery_auth"),
+                    "needs `chap`: discovery authenticates with the same credentials".into(),
+                ));
+            }
+            return Ok(());
+        };
+        let Some(mutual) = self.mutual else {
+            return Ok(());
+        };
+        if mutual.secret == chap.secret {
+            return Err(fail(
+                &key("mutual_chap.secret"),
+                "the same secret as `chap`: RFC 3720 (8.2.1) forbids one CHAP secret in both directions"
+                    .into(),
+            ));
+        }
+        if mutual.username == chap.username {
+            return Err(fail(
+                &key("mutual_chap.username"),
+                "the same user name as `chap`: tgt keeps one account per user name".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 fn validate_initiator<F>(
@@ -1185,6 +1406,13 @@ fn validate_initiator<F>(
 where
     F: Fn(&str, String) -> ProfileError,
 {
+    let chap = Chaps {
+        table: "initiator",
+        chap: initiator.chap.as_ref(),
+        mutual: initiator.mutual_chap.as_ref(),
+        discovery_auth: initiator.discovery_auth,
+    };
+    chap.validate(fail)?;
     let netdevs: Vec<&str> = network
         .interfaces
         .iter()
@@ -1503,6 +1731,9 @@ fn word_values(profile: &Profile) -> Vec<WordValue> {
     let mut words = Words::default();
     if let Some(hostname) = &profile.hostname {
         words.add("hostname", "hostname", hostname, WordRule::Hostname);
+    }
+    if let Some(cluster) = &profile.cluster {
+        words.add("cluster", "cluster", cluster, WordRule::Name);
     }
     for (index, interface) in profile.network.interfaces.iter().enumerate() {
         let key = |field: &str| format!("network.interfaces[{index}].{field}");
@@ -2182,7 +2413,7 @@ mod tests {
             write(
                 dir.path(),
                 "p",
-                &format!("{TARGET}iqn = \"{good}\"\n{PACKAGES}"),
+                &format!("{TARGET}iqn = \"{good}\"\nallow_unauthenticated = true\n{PACKAGES}"),
             );
             assert!(load(dir.path(), "p").is_ok(), "{good} refused");
         }
@@ -2270,5 +2501,110 @@ mod tests {
             "[packages]\ninclude = [\"busybox\", \"tgt\"]\n",
         );
         assert_ne!(first, load(dir.path(), "p").unwrap().digest());
+    }
+
+    const SERVED: &str = "[target]\niqn = \"iqn.2001-04.com.example:t\"\nportals = [\"192.0.2.1:3260\"]\nluns = []\n";
+
+    #[test]
+    fn a_secret_written_in_a_profile_is_refused_at_its_line() {
+        assert_refused(
+            &format!("{SERVED}[target.chap]\nusername = \"u\"\nsecret = \"applbuild-chap1\"\n"),
+            "p.toml:7:10: key `secret`: a secret is never written in a profile",
+            "secrets store (`applbuild secrets init`",
+        );
+        assert_refused(
+            &format!(
+                "{SERVED}[target.chap]\nusername = \"u\"\nsecret = {{ name = \"x\", value = \"y\" }}\n"
+            ),
+            "p.toml:7",
+            "unknown field `value`",
+        );
+    }
+
+    #[test]
+    fn a_target_without_chap_or_an_acl_needs_allow_unauthenticated() {
+        assert_refused(
+            SERVED,
+            "target: neither `chap` nor an initiator ACL",
+            "allow_unauthenticated = true",
+        );
+        for escape in [
+            "allow_unauthenticated = true\n",
+            "allowed_initiators = [\"iqn.2001-04.com.example:i\"]\n",
+            "allowed_addresses = [\"192.0.2.2\"]\n",
+            "[target.chap]\nusername = \"u\"\nsecret = { name = \"iscsi-chap\" }\n",
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            write(dir.path(), "p", &format!("{SERVED}{escape}{PACKAGES}"));
+            assert!(load(dir.path(), "p").is_ok(), "refused with {escape}");
+        }
+    }
+
+    #[test]
+    fn mutual_chap_needs_its_own_secret_and_user_name() {
+        let chap = "[target.chap]\nusername = \"u\"\nsecret = { name = \"a\" }\n";
+        assert_refused(
+            &format!(
+                "{SERVED}{chap}[target.mutual_chap]\nusername = \"t\"\nsecret = {{ name = \"a\" }}\n"
+            ),
+            "target.mutual_chap.secret",
+            "RFC 3720",
+        );
+        assert_refused(
+            &format!(
+                "{SERVED}{chap}[target.mutual_chap]\nusername = \"u\"\nsecret = {{ name = \"b\" }}\n"
+            ),
+            "target.mutual_chap.username",
+            "one account per user name",
+        );
+        assert_refused(
+            &format!(
+                "{SERVED}allowed_addresses = [\"192.0.2.2\"]\n[target.mutual_chap]\nusername = \"t\"\nsecret = {{ name = \"b\" }}\n"
+            ),
+            "target.mutual_chap",
+            "needs `chap`",
+        );
+        assert_refused(
+            &format!("{SERVED}allowed_addresses = [\"192.0.2.2\"]\ndiscovery_auth = true\n"),
+            "target.discovery_auth",
+            "needs `chap`",
+        );
+    }
+
+    #[test]
+    fn the_shipped_nodes_share_secret_names_and_print_them_redacted() {
+        let storage = load(&project_profiles(), "storage").unwrap();
+        let hypervisor = load(&project_profiles(), "hypervisor").unwrap();
+        assert_eq!(storage.profile.cluster(), "default");
+        assert_eq!(
+            storage.profile.secret_names(),
+            ["iscsi-chap", "iscsi-chap-mutual"]
+        );
+        assert_eq!(
+            storage.profile.secret_names(),
+            hypervisor.profile.secret_names()
+        );
+        let target = storage.profile.target.as_ref().unwrap();
+        let initiator = hypervisor.profile.initiator.as_ref().unwrap();
+        assert!(target.discovery_auth && initiator.discovery_auth);
+        for (served, sent) in [
+            (&target.chap, &initiator.chap),
+            (&target.mutual_chap, &initiator.mutual_chap),
+        ] {
+            let (served, sent) = (served.as_ref().unwrap(), sent.as_ref().unwrap());
+            assert_eq!(served.username, sent.username);
+            assert_eq!(served.secret, sent.secret);
+        }
+
+        let shown = toml::to_string_pretty(&redacted(&storage.merged)).unwrap();
+        assert!(
+            shown.contains("secret = \"<secret iscsi-chap>\""),
+            "{shown}"
+        );
+        let typed = serde_json::to_string(&storage.profile).unwrap();
+        assert!(
+            typed.contains("\"secret\":\"<secret iscsi-chap-mutual>\""),
+            "{typed}"
+        );
     }
 }

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::profile::{LoadedProfile, Profile, Service, ServiceKind};
 use applbuild_rootfs::templates::{Renderer, TemplateError};
+use applbuild_secrets::Store;
 
 /// The first word of the line the image's init prints once every service is ready.
 pub const READY_MARKER: &str = "APPLBUILD-READY";
@@ -157,17 +158,32 @@ pub fn table(profile: &str, entries: &[ServiceEntry]) -> String {
     text
 }
 
-/// The template context: the merged profile plus a `build` table with what
-/// the build computed (kernel release, module load order, the services and
-/// the text of their table).
+/// The template context: the merged profile with its secrets' values from
+/// `secrets` (where the profile says `secret = { name = "N" }`), plus a
+/// `build` table with what the build computed (kernel release, module load
+/// order, the services and the text of their table).
 pub fn template_context(
     loaded: &LoadedProfile,
     kernel_release: &str,
     modules: &[String],
+    secrets: &Store,
 ) -> Result<serde_json::Value, TemplateError> {
-    let renderer = Renderer::new(&crate::boot::check_context(loaded));
-    let entries = render_entries(loaded, &renderer)?;
     let mut context = crate::boot::check_context(loaded);
+    for (pointer, secret) in loaded.profile.secret_refs() {
+        let value = secrets.get(&secret.name).ok_or_else(|| TemplateError {
+            name: pointer.trim_start_matches('/').replace('/', "."),
+            line: String::new(),
+            message: format!(
+                "secret `{}` is not in {}",
+                secret.name,
+                secrets.path().display()
+            ),
+        })?;
+        if let Some(slot) = context.pointer_mut(&pointer) {
+            *slot = serde_json::Value::String(value.to_string());
+        }
+    }
+    let entries = render_entries(loaded, &Renderer::new(&context))?;
     context["build"] = serde_json::json!({
         "profile": loaded.name,
         "kernel_release": kernel_release,
@@ -192,6 +208,78 @@ mod tests {
 
     fn loaded(name: &str) -> LoadedProfile {
         profile::load(&project().join("profiles"), name).unwrap()
+    }
+
+    /// A store (never written) with a random value for each secret of `loaded`.
+    fn store_for(loaded: &LoadedProfile) -> Store {
+        let mut store = Store::empty(Path::new("test-secrets.toml"));
+        store.add_missing(loaded.profile.secret_names());
+        store
+    }
+
+    /// The overlay template `path` of the project rendered for `loaded`.
+    fn render_overlay(loaded: &LoadedProfile, store: &Store, path: &str) -> String {
+        let context = template_context(loaded, "6.1.0-test-amd64", &[], store).unwrap();
+        let path = project().join("rootfs-overlay").join(path);
+        let source = std::fs::read_to_string(&path).unwrap();
+        Renderer::new(&context)
+            .render(path.to_str().unwrap(), &source)
+            .unwrap()
+    }
+
+    #[test]
+    fn the_target_asks_for_chap_on_discovery_and_login_and_answers_mutual_chap() {
+        let storage = loaded("storage");
+        let store = store_for(&storage);
+        let text = render_overlay(&storage, &store, "storage/etc/tgt/targets.conf.j2");
+        let chap = store.get("iscsi-chap").unwrap();
+        let mutual = store.get("iscsi-chap-mutual").unwrap();
+        for line in [
+            format!("\nincomingdiscoveryuser uranus {chap}\n"),
+            format!("\noutgoingdiscoveryuser neptune {mutual}\n"),
+            format!("\n    incominguser uranus {chap}\n"),
+            format!("\n    outgoinguser neptune {mutual}\n"),
+        ] {
+            assert!(text.contains(&line), "{line:?} not in\n{text}");
+        }
+        assert!(
+            !crate::boot::check_context(&storage)
+                .to_string()
+                .contains(chap)
+        );
+    }
+
+    #[test]
+    fn the_initiator_sends_chap_on_discovery_and_login_and_checks_the_target() {
+        let hypervisor = loaded("hypervisor");
+        let store = store_for(&hypervisor);
+        let text = render_overlay(&hypervisor, &store, "hypervisor/etc/iscsi/iscsid.conf.j2");
+        let chap = store.get("iscsi-chap").unwrap();
+        let mutual = store.get("iscsi-chap-mutual").unwrap();
+        for prefix in ["node.session", "discovery.sendtargets"] {
+            for line in [
+                format!("{prefix}.auth.authmethod = CHAP\n"),
+                format!("{prefix}.auth.username = uranus\n"),
+                format!("{prefix}.auth.password = {chap}\n"),
+                format!("{prefix}.auth.username_in = neptune\n"),
+                format!("{prefix}.auth.password_in = {mutual}\n"),
+            ] {
+                assert!(text.contains(&line), "{line:?} not in\n{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_secret_missing_from_the_store_is_an_error_naming_it() {
+        let storage = loaded("storage");
+        let store = Store::empty(Path::new("empty.toml"));
+        let error = template_context(&storage, "6.1.0-test-amd64", &[], &store).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("secret `iscsi-chap` is not in empty.toml"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -263,8 +351,14 @@ mod tests {
     /// `scripts/test`; these become shell only once rendered.
     fn rendered_shell_templates(name: &str) -> Vec<(PathBuf, String)> {
         let loaded = loaded(name);
-        let context =
-            template_context(&loaded, "6.1.0-test-amd64", &loaded.profile.kernel.modules).unwrap();
+        let store = store_for(&loaded);
+        let context = template_context(
+            &loaded,
+            "6.1.0-test-amd64",
+            &loaded.profile.kernel.modules,
+            &store,
+        )
+        .unwrap();
         let renderer = Renderer::new(&context);
         let mut rendered = Vec::new();
         for layer in ["common", name] {
@@ -319,7 +413,8 @@ mod tests {
         interfaces[0].driver = Some("igb".into());
         interfaces[1].mac = None;
         interfaces[1].pci_path = Some("pci-0000:03:00.0".into());
-        let context = template_context(&loaded, "6.1.0-test-amd64", &[]).unwrap();
+        let context =
+            template_context(&loaded, "6.1.0-test-amd64", &[], &store_for(&loaded)).unwrap();
         let path = project().join("rootfs-overlay/common/usr/lib/applbuild/rcS.j2");
         let source = std::fs::read_to_string(&path).unwrap();
         let text = Renderer::new(&context).render("rcS.j2", &source).unwrap();

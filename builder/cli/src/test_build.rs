@@ -25,6 +25,7 @@ use crate::pipeline::{
 use crate::profile::{self, LoadedProfile};
 use applbuild_image::initramfs::{self, SegmentPlan};
 use applbuild_image::manifest::{Artifact, MANIFEST_FILE as MANIFEST, Manifest, ManifestPackage};
+use applbuild_secrets::Store;
 
 /// The packages the test channel needs, resolved with the image's.
 pub const PACKAGES: &[&str] = &["qemu-guest-agent"];
@@ -76,6 +77,8 @@ pub(crate) struct Image<'a> {
     pub(crate) assembled: &'a Assembled,
     /// Its artifacts as written so far.
     pub(crate) artifacts: &'a [Artifact],
+    /// The secrets it was built with.
+    pub(crate) secrets: &'a Store,
 }
 
 /// Writes the test build into `<image.dir>/test/` and returns its artifacts
@@ -97,7 +100,13 @@ pub(crate) fn write(
         options,
         &mut seconds,
     )?;
-    let assembled = pipeline::assemble(project, &test_loaded, unpacked.tree, &mut seconds)?;
+    let assembled = pipeline::assemble(
+        project,
+        &test_loaded,
+        image.secrets,
+        unpacked.tree,
+        &mut seconds,
+    )?;
     let changes = assembled.tree.changes_from(&image.assembled.tree);
     if !changes.removed.is_empty() {
         return Err(BuildError::TestBuildRemoves(changes.removed));

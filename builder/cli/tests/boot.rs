@@ -15,6 +15,12 @@ fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// The secrets file `scripts/test` builds the images of
+/// `target/applbuild-images` with (created here when missing).
+fn test_secrets() -> PathBuf {
+    workspace().join("target/test-secrets.toml")
+}
+
 /// Whether QEMU can run here; in CI (`CI=true`) a missing QEMU fails the test.
 fn qemu_present() -> bool {
     let present = Command::new("qemu-system-x86_64")
@@ -44,6 +50,8 @@ fn boot_check_with(profile: &str, extra: &[&str]) -> Value {
         .current_dir(workspace())
         .args(["boot", profile, "--check", "--json", "--out"])
         .arg(&out)
+        .arg("--secrets")
+        .arg(test_secrets())
         .args(extra)
         .output()
         .unwrap();
@@ -184,6 +192,8 @@ fn secure_boot_check(
         ])
         .arg("--out")
         .arg(out)
+        .arg("--secrets")
+        .arg(test_secrets())
         .args(extra)
         .output()
         .unwrap()
@@ -288,6 +298,8 @@ fn a_service_that_fails_ends_the_boot_check_with_its_failure_line() {
         .arg(project.path())
         .args(["boot", "doomed", "--check", "--out"])
         .arg(project.path().join("out"))
+        .arg("--secrets")
+        .arg(project.path().join("secrets.toml"))
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);

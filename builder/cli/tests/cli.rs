@@ -1088,3 +1088,52 @@ fn a_per_machine_profile_sets_only_what_differs_from_its_role() {
             "rack7-hv (extends base): missing key initiator.target",
         ));
 }
+
+#[test]
+fn a_rendered_file_holding_a_secret_is_private_and_the_secret_is_a_build_input() {
+    let fixture = Fixture::new();
+    let profile = tiny_profile(&fixture.repo.url, &fixture.repo.keyring);
+    fixture.write_profile(&format!(
+        "{profile}\n[target]\niqn = \"iqn.2001-04.com.example:tiny\"\nportals = [\"192.0.2.1:3260\"]\nluns = []\n\n[target.chap]\nusername = \"tiny\"\nsecret = {{ name = \"tiny-chap\" }}\n"
+    ));
+    fs::write(
+        fixture
+            .project()
+            .join("rootfs-overlay/common/etc/chap.conf.j2"),
+        "incominguser {{ target.chap.username }} {{ target.chap.secret }}\n",
+    )
+    .unwrap();
+    let secrets = fixture.path("secrets.toml");
+    let secrets_arg = secrets.to_str().unwrap();
+    let built = fixture.build("out", "cache", &["--secrets", secrets_arg, "--json"]);
+    let output = built.success().get_output().clone();
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "created {secrets_arg} with random values: tiny-chap"
+        )),
+        "{stderr}"
+    );
+    let store: toml::Table = toml::from_str(&fs::read_to_string(&secrets).unwrap()).unwrap();
+    let value = store["tiny-chap"].as_str().unwrap().to_string();
+    assert!(!text(&output.stdout).contains(&value) && !stderr.contains(&value));
+
+    let out = fixture.path("out/tiny");
+    let (entries, _) = initrd_entries(&out.join("initrd.img"));
+    assert_eq!(
+        text(member(&entries, "etc/chap.conf")),
+        format!("incominguser tiny {value}\n")
+    );
+    assert_eq!(entries["etc/chap.conf"].mode & 0o7777, 0o600);
+    assert_eq!(entries["etc/greeting"].mode & 0o7777, 0o644);
+    let manifest = |dir: &Path| -> serde_json::Value {
+        serde_json::from_str(&fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap()
+    };
+    let first = manifest(&out)["inputs_digest"].clone();
+
+    fs::write(&secrets, "tiny-chap = \"another-secret-value1\"\n").unwrap();
+    fixture
+        .build("out", "cache", &["--secrets", secrets_arg])
+        .success();
+    assert_ne!(manifest(&out)["inputs_digest"], first);
+}

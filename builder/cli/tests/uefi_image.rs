@@ -63,6 +63,8 @@ fn build_storage(out: &Path) {
         .current_dir(workspace())
         .args(["build", "storage", "--locked", "--out"])
         .arg(out)
+        .arg("--secrets")
+        .arg(workspace().join("target/test-secrets.toml"))
         .output()
         .unwrap();
     assert!(output.status.success(), "build storage: {output:?}");

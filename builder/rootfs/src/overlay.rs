@@ -144,6 +144,30 @@ fn walk(
     Ok(())
 }
 
+/// Makes every file whose contents hold one of `secrets` private to root:
+/// mode 0600 (0700 when it is executable), so a rendered configuration
+/// file with a CHAP secret is not readable by other users of the image.
+/// Empty secrets are ignored. Returns the paths made private.
+pub fn restrict_private(items: &mut [OverlayItem], secrets: &[&str]) -> Vec<String> {
+    let mut private = Vec::new();
+    for item in items {
+        let OverlayKind::File { contents, mode } = &mut item.kind else {
+            continue;
+        };
+        let holds = |secret: &&str| {
+            !secret.is_empty()
+                && contents
+                    .windows(secret.len())
+                    .any(|window| window == secret.as_bytes())
+        };
+        if secrets.iter().any(holds) {
+            *mode &= 0o700;
+            private.push(item.path.clone());
+        }
+    }
+    private
+}
+
 /// Checkouts differ in umask; git keeps only the executable bit, so do we.
 fn normalized(mode: u32, is_dir: bool) -> u32 {
     if is_dir || mode & 0o111 != 0 {
@@ -157,6 +181,39 @@ fn normalized(mode: u32, is_dir: bool) -> u32 {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn files_holding_a_secret_become_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let layer = dir.path().join("storage");
+        std::fs::create_dir_all(layer.join("etc/tgt")).unwrap();
+        std::fs::write(
+            layer.join("etc/tgt/targets.conf.j2"),
+            "incominguser {{ user }} {{ secret }}\n",
+        )
+        .unwrap();
+        std::fs::write(layer.join("etc/motd.j2"), "hello {{ user }}\n").unwrap();
+        std::fs::write(layer.join("tool"), "#!/bin/sh\necho s3cr3t-value-123\n").unwrap();
+        std::fs::set_permissions(layer.join("tool"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        let renderer = Renderer::new(&json!({ "user": "uranus", "secret": "s3cr3t-value-123" }));
+        let mut items = read_layers(&[layer], &renderer).unwrap();
+
+        let private = restrict_private(&mut items, &["s3cr3t-value-123", ""]);
+        assert_eq!(private, ["etc/tgt/targets.conf", "tool"]);
+        let mode_of = |path: &str| {
+            items
+                .iter()
+                .find(|item| item.path == path)
+                .and_then(|item| match item.kind {
+                    OverlayKind::File { mode, .. } => Some(mode),
+                    _ => None,
+                })
+        };
+        assert_eq!(mode_of("etc/tgt/targets.conf"), Some(0o600));
+        assert_eq!(mode_of("tool"), Some(0o700));
+        assert_eq!(mode_of("etc/motd"), Some(0o644));
+    }
 
     #[test]
     fn renders_templates_and_later_layers_follow_earlier_ones() {

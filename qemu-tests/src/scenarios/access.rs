@@ -62,9 +62,61 @@ fn try_login(
     }
 }
 
-/// S13: with CHAP and an initiator ACL on the target, the profile's
-/// initiator is logged in (with CHAP), while a foreign IQN and a wrong
-/// secret are refused.
+/// The CHAP credentials of S13's logins: user names from the storage
+/// profile, secrets from the store the images were built with.
+struct Credentials {
+    username: String,
+    secret: String,
+    mutual_username: String,
+    mutual_secret: String,
+}
+
+impl Credentials {
+    /// The node-record settings of a login with these credentials, the
+    /// target's secret replaced by `mutual_secret` when given.
+    fn node_updates<'a>(&'a self, mutual_secret: Option<&'a str>) -> Vec<(&'a str, &'a str)> {
+        vec![
+            ("node.session.auth.authmethod", "CHAP"),
+            ("node.session.auth.username", &self.username),
+            ("node.session.auth.password", &self.secret),
+            ("node.session.auth.username_in", &self.mutual_username),
+            (
+                "node.session.auth.password_in",
+                mutual_secret.unwrap_or(&self.mutual_secret),
+            ),
+        ]
+    }
+}
+
+/// Reads S13's credentials off the storage profile and the secrets store.
+fn credentials(ctx: &Ctx, target: &applbuild::profile::Target) -> Result<Credentials> {
+    let chap = target
+        .chap
+        .as_ref()
+        .context("storage profile has no [target.chap]: access control is not configured")?;
+    let mutual = target
+        .mutual_chap
+        .as_ref()
+        .context("storage profile has no [target.mutual_chap]: mutual CHAP is not configured")?;
+    let secrets = &ctx.cluster.secrets;
+    let value = |name: &str| {
+        secrets
+            .get(name)
+            .map(String::from)
+            .with_context(|| format!("secret `{name}` is not in {}", secrets.path().display()))
+    };
+    Ok(Credentials {
+        username: chap.username.clone(),
+        secret: value(&chap.secret.name)?,
+        mutual_username: mutual.username.clone(),
+        mutual_secret: value(&mutual.secret.name)?,
+    })
+}
+
+/// S13: with CHAP, mutual CHAP and an initiator ACL on the target, the
+/// profile's initiator is logged in (with CHAP), a login with the store's
+/// secrets succeeds, while a foreign IQN, a wrong secret and a target
+/// answering with a wrong mutual secret are refused.
 pub fn s13_access_control(ctx: &mut Ctx) -> Result<()> {
     let target_profile = ctx
         .cluster
@@ -74,10 +126,7 @@ pub fn s13_access_control(ctx: &mut Ctx) -> Result<()> {
         .target
         .clone()
         .context("no [target]")?;
-    let chap = target_profile
-        .chap
-        .clone()
-        .context("storage profile has no [target.chap]: access control is not configured")?;
+    let credentials = credentials(ctx, &target_profile)?;
     ensure!(
         !target_profile.allowed_initiators.is_empty(),
         "storage profile has no allowed_initiators"
@@ -87,16 +136,31 @@ pub fn s13_access_control(ctx: &mut Ctx) -> Result<()> {
         "tgtadm --lld iscsi --op show --mode target",
     )?;
     ctx.keep("tgtadm show target", &shown);
-    ensure!(
-        shown.contains(&chap.username),
-        "tgtd has no CHAP account {}:\n{shown}",
-        chap.username
-    );
+    for username in [&credentials.username, &credentials.mutual_username] {
+        ensure!(
+            shown.contains(username.as_str()),
+            "tgtd has no CHAP account {username}:\n{shown}"
+        );
+    }
     for name in &target_profile.allowed_initiators {
         ensure!(shown.contains(name), "tgtd's ACL lacks {name}:\n{shown}");
     }
-    check_chap_login(ctx, &chap.username)?;
-    check_refused_logins(ctx, &chap.username)
+    check_chap_login(ctx, &credentials.username)?;
+    check_store_login(ctx, &credentials)?;
+    check_refused_logins(ctx, &credentials)
+}
+
+/// A throw-away node record with the store's secrets (both directions)
+/// logs in: the images were built with that store.
+fn check_store_login(ctx: &mut Ctx, credentials: &Credentials) -> Result<()> {
+    let (code, output) = try_login(ctx, "istore", &[], &credentials.node_updates(None))?;
+    ctx.keep("login with the store's secrets", &output);
+    ensure!(
+        code == 0,
+        "a login with the secrets of {} failed ({code}):\n{output}",
+        ctx.cluster.secrets.path().display()
+    );
+    Ok(())
 }
 
 /// The profile's initiator is logged in on every path, with CHAP as
@@ -127,9 +191,9 @@ fn check_chap_login(ctx: &mut Ctx, username: &str) -> Result<()> {
     Ok(())
 }
 
-/// A foreign initiator name and a wrong secret are refused, and the
-/// sessions stay as they were.
-fn check_refused_logins(ctx: &mut Ctx, username: &str) -> Result<()> {
+/// A foreign initiator name, a wrong secret and a target answering with a
+/// wrong mutual secret are refused, and the sessions stay as they were.
+fn check_refused_logins(ctx: &mut Ctx, credentials: &Credentials) -> Result<()> {
     // An initiator name outside the ACL, with the right secret.
     let started = Instant::now();
     let (code, output) = try_login(
@@ -149,7 +213,7 @@ fn check_refused_logins(ctx: &mut Ctx, username: &str) -> Result<()> {
         &[],
         &[
             ("node.session.auth.authmethod", "CHAP"),
-            ("node.session.auth.username", username),
+            ("node.session.auth.username", &credentials.username),
             ("node.session.auth.password", "not-the-secret1"),
         ],
     )?;
@@ -158,6 +222,17 @@ fn check_refused_logins(ctx: &mut Ctx, username: &str) -> Result<()> {
     ensure!(
         code != 0,
         "a login with a wrong secret succeeded:\n{output}"
+    );
+    // The target's answer checked against another mutual secret: the
+    // initiator must refuse a target it cannot authenticate.
+    let started = Instant::now();
+    let wrong_mutual = credentials.node_updates(Some("not-the-mutual-secret1"));
+    let (code, output) = try_login(ctx, "imutual", &[], &wrong_mutual)?;
+    ctx.keep("login expecting a wrong mutual secret", &output);
+    ctx.timing("wrong_mutual_refused_s", started.elapsed().as_secs_f64());
+    ensure!(
+        code != 0,
+        "a target with the wrong mutual secret was accepted:\n{output}"
     );
     let target = ctx.facts.target.clone();
     let after = session_count(&mut ctx.cluster.hypervisor, &target)?;
