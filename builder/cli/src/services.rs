@@ -159,7 +159,7 @@ pub fn table(profile: &str, entries: &[ServiceEntry]) -> String {
 
 /// The template context: the merged profile plus a `build` table with what
 /// the build computed (kernel release, module load order, the services and
-/// the text of their table).
+/// the text of their table, the guest filter's plan or null).
 pub fn template_context(
     loaded: &LoadedProfile,
     kernel_release: &str,
@@ -174,6 +174,7 @@ pub fn template_context(
         "modules": modules,
         "service_table": table(&loaded.name, &entries),
         "services": entries,
+        "guest_isolation": crate::guest_isolation::filter_plan(&loaded.profile),
     });
     Ok(context)
 }
