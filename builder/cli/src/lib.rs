@@ -9,6 +9,7 @@
 
 pub mod boot;
 pub mod flash;
+pub mod guest_isolation;
 pub mod lockfile;
 pub mod pipeline;
 pub mod profile;

@@ -440,7 +440,44 @@ pub struct Network {
     /// interface binding needs 0 or 2.
     #[serde(default = "default_rp_filter")]
     pub rp_filter: u8,
+    /// How the guests on the node's bridges are kept off the storage
+    /// network and the node's own services; unset: not at all.
+    pub guest_isolation: Option<GuestIsolation>,
 }
+
+/// `[network.guest_isolation]`: guests kept off the SAN.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestIsolation {
+    /// How the guests are kept apart.
+    pub mode: GuestIsolationMode,
+}
+
+/// The ways of keeping guests off the SAN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GuestIsolationMode {
+    /// An nftables `bridge` table: every bridge port but the uplinks (the
+    /// interfaces with a `bridge`) is a guest port, and guest ports reach
+    /// neither the initiator's portals nor the node itself.
+    Filter,
+    /// Guests on a bridge of their own over a NIC of their own (not
+    /// implemented: refused by the validation).
+    SeparateBridge,
+}
+
+impl GuestIsolationMode {
+    /// The value as a profile spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Filter => "filter",
+            Self::SeparateBridge => "separate-bridge",
+        }
+    }
+}
+
+/// The package whose `nft` loads the `filter` mode's ruleset.
+pub const NFTABLES_PACKAGE: &str = "nftables";
 
 fn default_rp_filter() -> u8 {
     2
@@ -1153,6 +1190,7 @@ fn validate(name: &str, profile: &Profile, files: &[PathBuf]) -> Result<(), Prof
     validate_image(&profile.image, &fail)?;
     validate_network(&profile.network, &fail)?;
     validate_nic_matches(name, &profile.network, files)?;
+    validate_guest_isolation(name, profile, files)?;
     if let Some(target) = &profile.target {
         validate_target(target, &fail)?;
     }
@@ -1252,6 +1290,56 @@ where
         }
     }
     Ok(())
+}
+
+/// `network.guest_isolation`: `filter` needs a bridge to filter and the
+/// `nftables` package; `separate-bridge` is not implemented. A refusal
+/// points at the `mode` line.
+fn validate_guest_isolation(
+    name: &str,
+    profile: &Profile,
+    files: &[PathBuf],
+) -> Result<(), ProfileError> {
+    let Some(isolation) = &profile.network.guest_isolation else {
+        return Ok(());
+    };
+    let message = match isolation.mode {
+        GuestIsolationMode::SeparateBridge => {
+            "`separate-bridge` is not implemented: use `filter` (an nftables bridge filter on \
+             the node's bridges, docs/security.md#guests-kept-off-the-san)"
+                .to_string()
+        }
+        GuestIsolationMode::Filter if profile.network.bridges.is_empty() => {
+            "`filter` filters the node's bridges, and network.bridges lists none".to_string()
+        }
+        GuestIsolationMode::Filter
+            if !profile
+                .packages
+                .include
+                .iter()
+                .any(|package| package == NFTABLES_PACKAGE) =>
+        {
+            format!(
+                "`filter` loads its ruleset with nft: add `{NFTABLES_PACKAGE}` to packages.include"
+            )
+        }
+        GuestIsolationMode::Filter => return Ok(()),
+    };
+    let key = "network.guest_isolation.mode";
+    Err(match locate_value(files, "mode", isolation.mode.as_str()) {
+        Some((path, line)) => ProfileError::Invalid {
+            path,
+            line,
+            column: 1,
+            key_note: format!("key `{key}`: "),
+            message,
+        },
+        None => ProfileError::Value {
+            profile: name.into(),
+            key: key.into(),
+            message,
+        },
+    })
 }
 
 /// Each interface names its NIC by exactly one of `mac`, `driver` and
@@ -2605,6 +2693,89 @@ mod tests {
         assert!(
             typed.contains("\"secret\":\"<secret iscsi-chap-mutual>\""),
             "{typed}"
+        );
+    }
+
+    /// A profile with a bridge, nftables, and `[network.guest_isolation]`
+    /// written as `isolation`.
+    fn isolated(isolation: &str) -> String {
+        format!(
+            "[packages]\ninclude = [\"busybox\", \"nftables\"]\n\n[[network.bridges]]\nname = \"br0\"\n\n[network.guest_isolation]\n{isolation}"
+        )
+    }
+
+    #[test]
+    fn the_hypervisor_filters_its_guests_and_the_storage_node_has_none() {
+        let hypervisor = load(&project_profiles(), "hypervisor").unwrap().profile;
+        let isolation = hypervisor.network.guest_isolation.unwrap();
+        assert_eq!(isolation.mode, GuestIsolationMode::Filter);
+        let storage = load(&project_profiles(), "storage").unwrap().profile;
+        assert!(storage.network.guest_isolation.is_none());
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "p", &isolated("mode = \"filter\"\n"));
+        assert!(load(dir.path(), "p").is_ok());
+    }
+
+    #[test]
+    fn guest_isolation_keys_and_values_are_checked_at_their_line() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "p", &isolated("mode = \"fliter\"\n"));
+        let error = load(dir.path(), "p").unwrap_err().to_string();
+        assert!(error.contains("p.toml:8:"), "{error}");
+        assert!(error.contains("key `mode`"), "{error}");
+        assert!(error.contains("unknown variant `fliter`"), "{error}");
+
+        write(
+            dir.path(),
+            "p",
+            &isolated("mode = \"filter\"\nuplink = \"eth0\"\n"),
+        );
+        let error = load(dir.path(), "p").unwrap_err().to_string();
+        assert!(error.contains("p.toml:9:"), "{error}");
+        assert!(error.contains("unknown field `uplink`"), "{error}");
+
+        write(dir.path(), "p", &isolated(""));
+        let error = load(dir.path(), "p").unwrap_err().to_string();
+        assert!(
+            error.contains("missing key network.guest_isolation.mode"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn separate_bridge_is_refused_as_not_implemented() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "p", &isolated("mode = \"separate-bridge\"\n"));
+        let error = load(dir.path(), "p").unwrap_err().to_string();
+        assert!(
+            error.contains("p.toml:8:1: key `network.guest_isolation.mode`"),
+            "{error}"
+        );
+        assert!(error.contains("not implemented"), "{error}");
+    }
+
+    #[test]
+    fn the_filter_needs_a_bridge_and_nftables() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "p",
+            &format!("{PACKAGES}\n[network.guest_isolation]\nmode = \"filter\"\n"),
+        );
+        let error = load(dir.path(), "p").unwrap_err().to_string();
+        assert!(
+            error.contains("p.toml:5:1: key `network.guest_isolation.mode`"),
+            "{error}"
+        );
+        assert!(error.contains("network.bridges lists none"), "{error}");
+
+        let without_nft = isolated("mode = \"filter\"\n").replace(", \"nftables\"", "");
+        write(dir.path(), "p", &without_nft);
+        let error = load(dir.path(), "p").unwrap_err().to_string();
+        assert!(error.contains("p.toml:8:1:"), "{error}");
+        assert!(
+            error.contains("add `nftables` to packages.include"),
+            "{error}"
         );
     }
 }

@@ -161,7 +161,7 @@ pub fn table(profile: &str, entries: &[ServiceEntry]) -> String {
 /// The template context: the merged profile with its secrets' values from
 /// `secrets` (where the profile says `secret = { name = "N" }`), plus a
 /// `build` table with what the build computed (kernel release, module load
-/// order, the services and the text of their table).
+/// order, the services and the text of their table, the guest filter's plan or null).
 pub fn template_context(
     loaded: &LoadedProfile,
     kernel_release: &str,
@@ -190,12 +190,13 @@ pub fn template_context(
         "modules": modules,
         "service_table": table(&loaded.name, &entries),
         "services": entries,
+        "guest_isolation": crate::guest_isolation::filter_plan(&loaded.profile),
     });
     Ok(context)
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::path::{Path, PathBuf};
     use std::process::{Command, Stdio};
 
@@ -211,14 +212,14 @@ mod tests {
     }
 
     /// A store (never written) with a random value for each secret of `loaded`.
-    fn store_for(loaded: &LoadedProfile) -> Store {
+    pub(crate) fn store_for(loaded: &LoadedProfile) -> Store {
         let mut store = Store::empty(Path::new("test-secrets.toml"));
         store.add_missing(loaded.profile.secret_names());
         store
     }
 
     /// The overlay template `path` of the project rendered for `loaded`.
-    fn render_overlay(loaded: &LoadedProfile, store: &Store, path: &str) -> String {
+    pub(crate) fn render_overlay(loaded: &LoadedProfile, store: &Store, path: &str) -> String {
         let context = template_context(loaded, "6.1.0-test-amd64", &[], store).unwrap();
         let path = project().join("rootfs-overlay").join(path);
         let source = std::fs::read_to_string(&path).unwrap();

@@ -1,4 +1,4 @@
-//! The acceptance scenarios S1–S14 of `docs/acceptance.md`, as named
+//! The acceptance scenarios S1–S15 of `docs/acceptance.md`, as named
 //! functions run in order on one booted cluster, and the helpers they share
 //! (facts from the profiles, path and session state of the hypervisor).
 
@@ -6,6 +6,7 @@ mod access;
 mod basic;
 mod faults;
 mod io;
+mod isolation;
 mod vm;
 
 use std::collections::BTreeMap;
@@ -22,7 +23,7 @@ pub type ScenarioFn = fn(&mut Ctx) -> Result<()>;
 
 /// One scenario of the suite.
 pub struct Scenario {
-    /// `S1` … `S14`.
+    /// `S1` … `S15`.
     pub id: &'static str,
     /// What it proves.
     pub title: &'static str,
@@ -103,6 +104,12 @@ pub fn all() -> Vec<Scenario> {
             title: "reboot",
             run: access::s14_reboot,
         },
+        // After the reboot: the filter the node loaded by itself at boot.
+        Scenario {
+            id: "S15",
+            title: "guests kept off the SAN",
+            run: isolation::s15_guests_off_the_san,
+        },
     ]
 }
 
@@ -126,8 +133,6 @@ pub struct Facts {
     pub detection_bound_s: f64,
     /// The bridge's address without the prefix length.
     pub hypervisor_bridge_ip: String,
-    /// Storage node address on SAN-A.
-    pub storage_ip_a: String,
     /// The hypervisor NIC on SAN-B and its network (the one cut in S7).
     pub hypervisor_nic_b: (String, String),
     /// The storage NIC on SAN-B and its network.
@@ -171,13 +176,6 @@ impl Facts {
             .first()
             .and_then(|b| b.address.clone())
             .ok_or_else(|| anyhow!("hypervisor profile has no bridge address"))?;
-        let storage_ip_a = storage
-            .network
-            .interfaces
-            .iter()
-            .find(|i| i.network == "san-a")
-            .and_then(|i| i.address.clone())
-            .ok_or_else(|| anyhow!("storage has no address on san-a"))?;
         let timeouts = &initiator.timeouts;
         Ok(Self {
             target: target.iqn.clone(),
@@ -197,7 +195,6 @@ impl Facts {
                     + multipath.polling_interval,
             ),
             hypervisor_bridge_ip: strip_prefix_len(&bridge_ip),
-            storage_ip_a: strip_prefix_len(&storage_ip_a),
             hypervisor_nic_b: nic_on(hypervisor, "san-b")?,
             storage_nic_b: nic_on(storage, "san-b")?,
         })
@@ -635,7 +632,8 @@ mod tests {
     #[test]
     fn every_scenario_is_listed_once() {
         let ids: Vec<&str> = all().iter().map(|s| s.id).collect();
-        for n in 1..=14 {
+        assert_eq!(ids.len(), 15, "{ids:?}");
+        for n in 1..=15 {
             let id = format!("S{n}");
             assert_eq!(ids.iter().filter(|i| **i == id).count(), 1, "{id}");
         }
