@@ -30,7 +30,7 @@ use crate::guest::GUEST;
 use crate::report::{Outcome, ScenarioReport, SuiteReport, TestedImage};
 
 /// Failover acceptance suite for the applbuild storage and hypervisor
-/// images: S1–S15 of docs/acceptance.md, run in order on one booted cluster.
+/// images: S1–S16 of docs/acceptance.md, run in order on one booted cluster.
 ///
 /// Examples:
 ///   applbuild-test                                  # every scenario
@@ -40,7 +40,7 @@ use crate::report::{Outcome, ScenarioReport, SuiteReport, TestedImage};
 #[derive(Parser)]
 #[command(name = "applbuild-test", version, verbatim_doc_comment)]
 struct Cli {
-    /// Run only this scenario (repeatable; S1 … S15). The others are
+    /// Run only this scenario (repeatable; S1 … S16). The others are
     /// reported as skipped.
     #[arg(long = "scenario", value_name = "ID")]
     scenarios: Vec<String>,

@@ -38,7 +38,7 @@ impl Outcome {
 /// One scenario's result.
 #[derive(Debug, Clone, Serialize)]
 pub struct ScenarioReport {
-    /// `S1` … `S15`.
+    /// `S1` … `S16`.
     pub id: String,
     /// What it proves.
     pub title: String,

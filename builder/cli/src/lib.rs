@@ -8,6 +8,7 @@
 //! See `docs/architecture.md` for the data flow.
 
 pub mod boot;
+pub mod console;
 pub mod flash;
 pub mod guest_isolation;
 pub mod lockfile;
@@ -17,6 +18,7 @@ pub mod sbom;
 pub mod secrets;
 pub mod services;
 pub mod sources;
+pub mod ssh;
 pub mod test_build;
 pub mod uefi;
 pub mod update;

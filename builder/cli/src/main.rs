@@ -169,7 +169,7 @@ enum Command {
         #[command(flatten)]
         build: BuildArgs,
     },
-    /// Run the failover acceptance suite (scenarios S1–S15 of
+    /// Run the failover acceptance suite (scenarios S1–S16 of
     /// docs/acceptance.md) on both images in QEMU.
     ///
     /// Runs the `applbuild-test` program (from the qemu-tests crate) found

@@ -988,6 +988,8 @@ pub(crate) struct Assembled {
     pub(crate) modules: ModuleSelection,
     /// systemd-boot and the UKI stub, for a profile with `[image.uefi]`.
     pub(crate) efi: Option<EfiBinaries>,
+    /// The public half of the SSH host key, for a profile with `[ssh]`.
+    ssh_host_key: Option<crate::ssh::HostKeyInfo>,
 }
 
 /// Stage 4: the image files in the staging folder, each hashed once, when
@@ -1101,6 +1103,10 @@ fn image_manifest(
         modules: assembled.modules.load_order.clone(),
         packages: Vec::new(),
         artifacts,
+        ssh_host_key: assembled
+            .ssh_host_key
+            .as_ref()
+            .map(|key| key.public.clone()),
     }
 }
 
@@ -1317,6 +1323,8 @@ pub(crate) fn assemble(
             OverlayKind::Symlink { target } => tree.add_symlink(&item.path, &target)?,
         }
     }
+    crate::ssh::add_files(&mut tree, &loaded.profile, secrets)?;
+    crate::console::add_files(&mut tree, &loaded.profile, secrets)?;
     let kernel = match tree.get(&modules.vmlinuz).map(|node| &node.kind) {
         Some(EntryKind::File(contents)) => Arc::clone(contents),
         _ => unreachable!("select_modules checked that the kernel image is a file"),
@@ -1334,6 +1342,7 @@ pub(crate) fn assemble(
         kernel_package,
         modules,
         efi,
+        ssh_host_key: crate::ssh::host_key_info(&loaded.profile, secrets),
     })
 }
 

@@ -28,6 +28,7 @@ pub const ADDITIVE_LISTS: &[&str] = &[
     "kernel.drivers",
     "kernel.cmdline",
     "checks",
+    "ssh.authorized_keys",
 ];
 
 /// What can go wrong while loading a profile.
@@ -119,6 +120,10 @@ pub struct Profile {
     /// read from a profile file: a profile describes production.
     #[serde(skip)]
     pub test_build: bool,
+    /// Operator access over SSH (dropbear).
+    pub ssh: Option<Ssh>,
+    /// The serial console: a root login, when set.
+    pub console: Option<Console>,
     /// iSCSI target served by tgtd (storage node).
     pub target: Option<Target>,
     /// iSCSI initiator (hypervisor node).
@@ -185,12 +190,20 @@ impl Profile {
                 initiator.and_then(|i| i.mutual_chap.as_ref()),
             ),
         ];
-        chaps
-            .into_iter()
-            .filter_map(|(table, field, chap)| {
-                Some((format!("/{table}/{field}/secret"), &chap?.secret))
-            })
-            .collect()
+        let chap_secrets = chaps.into_iter().filter_map(|(table, field, chap)| {
+            Some((format!("/{table}/{field}/secret"), &chap?.secret))
+        });
+        let host_key = self
+            .ssh
+            .as_ref()
+            .map(|ssh| ("/ssh/host_key_secret".to_string(), &ssh.host_key_secret));
+        let root_password = self.console.as_ref().map(|console| {
+            (
+                "/console/root_password_secret".to_string(),
+                &console.root_password_secret,
+            )
+        });
+        chap_secrets.chain(host_key).chain(root_password).collect()
     }
 
     /// The names of [`Profile::secret_refs`], sorted, each once.
@@ -576,6 +589,34 @@ impl Lun {
     }
 }
 
+/// `[ssh]`: operator access with dropbear (docs/security.md#operator-access).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ssh {
+    /// root's authorized keys: OpenSSH public key lines. Empty: nobody
+    /// logs in until a profile that extends this one adds a key.
+    #[serde(default)]
+    pub authorized_keys: Vec<String>,
+    /// The secret the Ed25519 host key is derived from.
+    pub host_key_secret: SecretRef,
+    /// TCP port dropbear listens on.
+    #[serde(default = "default_ssh_port")]
+    pub port: u16,
+}
+
+/// `[console]`: a root login on the serial console
+/// (docs/security.md#operator-access).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Console {
+    /// The secret that is root's password; the image holds only its hash.
+    pub root_password_secret: SecretRef,
+}
+
+fn default_ssh_port() -> u16 {
+    22
+}
+
 /// CHAP user name and secret.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -639,6 +680,11 @@ impl<'de> serde::de::Visitor<'de> for SecretRefVisitor {
     }
 }
 
+/// Whether a profile key holds a secret reference: `secret`, `*_secret`.
+fn is_secret_key(key: &str) -> bool {
+    key == "secret" || key.ends_with("_secret")
+}
+
 /// `merged` with every secret reference (`secret = { name = "N" }`)
 /// replaced by `<secret N>`, for printing.
 pub fn redacted(merged: &toml::Table) -> toml::Table {
@@ -651,7 +697,7 @@ pub fn redacted(merged: &toml::Table) -> toml::Table {
 fn redacted_value(key: &str, value: &toml::Value) -> toml::Value {
     match value {
         toml::Value::Table(table) => match table.get("name") {
-            Some(toml::Value::String(name)) if key == "secret" && table.len() == 1 => {
+            Some(toml::Value::String(name)) if is_secret_key(key) && table.len() == 1 => {
                 toml::Value::String(applbuild_secrets::redacted(name))
             }
             _ => toml::Value::Table(redacted(table)),
@@ -1191,6 +1237,7 @@ fn validate(name: &str, profile: &Profile, files: &[PathBuf]) -> Result<(), Prof
     validate_network(&profile.network, &fail)?;
     validate_nic_matches(name, &profile.network, files)?;
     validate_guest_isolation(name, profile, files)?;
+    validate_ssh(name, profile, files)?;
     if let Some(target) = &profile.target {
         validate_target(target, &fail)?;
     }
@@ -1325,21 +1372,73 @@ fn validate_guest_isolation(
         }
         GuestIsolationMode::Filter => return Ok(()),
     };
-    let key = "network.guest_isolation.mode";
-    Err(match locate_value(files, "mode", isolation.mode.as_str()) {
+    let at = ValueAt {
+        key: "network.guest_isolation.mode",
+        leaf: "mode",
+        value: isolation.mode.as_str(),
+    };
+    Err(value_error(name, files, &at, message))
+}
+
+/// A value a refusal points at: its dotted key, the key as written in the
+/// file, and the value.
+struct ValueAt<'a> {
+    key: &'a str,
+    leaf: &'a str,
+    value: &'a str,
+}
+
+/// A refusal of `at` at the line that sets it, if one is found.
+fn value_error(name: &str, files: &[PathBuf], at: &ValueAt, message: String) -> ProfileError {
+    match locate_value(files, at.leaf, at.value) {
         Some((path, line)) => ProfileError::Invalid {
             path,
             line,
             column: 1,
-            key_note: format!("key `{key}`: "),
+            key_note: format!("key `{}`: ", at.key),
             message,
         },
         None => ProfileError::Value {
             profile: name.into(),
-            key: key.into(),
+            key: at.key.into(),
             message,
         },
-    })
+    }
+}
+
+/// `[ssh]`: each authorized key is one OpenSSH public key line that
+/// dropbear accepts, the port is not 0, and `dropbear-bin` is installed.
+fn validate_ssh(name: &str, profile: &Profile, files: &[PathBuf]) -> Result<(), ProfileError> {
+    let Some(ssh) = &profile.ssh else {
+        return Ok(());
+    };
+    for (index, line) in ssh.authorized_keys.iter().enumerate() {
+        if let Err(error) = applbuild_secrets::ssh::check_public_key(line) {
+            let key = format!("ssh.authorized_keys[{index}]");
+            let at = ValueAt {
+                key: &key,
+                leaf: "authorized_keys",
+                value: line,
+            };
+            return Err(value_error(name, files, &at, error.to_string()));
+        }
+    }
+    let fail = |key: &str, message: String| ProfileError::Value {
+        profile: name.into(),
+        key: key.into(),
+        message,
+    };
+    if ssh.port == 0 {
+        return Err(fail("ssh.port", "port 0 is not a port to listen on".into()));
+    }
+    let package = crate::ssh::DROPBEAR_PACKAGE;
+    if !profile.packages.include.iter().any(|p| p == package) {
+        return Err(fail(
+            "ssh",
+            format!("dropbear serves `[ssh]`: add `{package}` to packages.include"),
+        ));
+    }
+    Ok(())
 }
 
 /// Each interface names its NIC by exactly one of `mac`, `driver` and
@@ -2666,7 +2765,12 @@ mod tests {
         assert_eq!(storage.profile.cluster(), "default");
         assert_eq!(
             storage.profile.secret_names(),
-            ["iscsi-chap", "iscsi-chap-mutual"]
+            [
+                "console-root-password",
+                "iscsi-chap",
+                "iscsi-chap-mutual",
+                "ssh-host-key"
+            ]
         );
         assert_eq!(
             storage.profile.secret_names(),
@@ -2777,5 +2881,64 @@ mod tests {
             error.contains("add `nftables` to packages.include"),
             "{error}"
         );
+    }
+
+    /// An `[ssh]` table with `keys` as `authorized_keys` (then PACKAGES).
+    fn with_ssh(keys: &str) -> String {
+        format!(
+            "[ssh]\nhost_key_secret = {{ name = \"ssh-host-key\" }}\nauthorized_keys = [\n  {keys}\n]\n"
+        )
+    }
+
+    /// A loadable profile with `[ssh]`: dropbear installed.
+    fn with_dropbear(ssh: &str) -> String {
+        format!("{ssh}[packages]\ninclude = [\"busybox\", \"dropbear-bin\"]\n")
+    }
+
+    #[test]
+    fn an_authorized_key_that_is_no_public_key_is_refused_at_its_line() {
+        let good = "\"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINdamAGCsQq31Uv+08lkBzoO4XLz2qYjJa8CGmj3B1Ea op\"";
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "p", &with_dropbear(&with_ssh(good)));
+        assert!(load(dir.path(), "p").is_ok());
+        assert_refused(
+            &with_ssh(&format!("{good},\n  \"ssh-dss AAAAB3NzaC1kc3M op\"")),
+            "p.toml:5:1: key `ssh.authorized_keys[1]`",
+            "key type `ssh-dss` is not one of ssh-ed25519",
+        );
+        assert_refused(
+            &with_ssh("\"ssh-ed25519 not-base64\""),
+            "key `ssh.authorized_keys[0]`",
+            "not base64 of a `ssh-ed25519` key",
+        );
+        assert_refused(
+            &with_ssh("\"/home/op/.ssh/id_ed25519.pub\""),
+            "key `ssh.authorized_keys[0]`",
+            "not an OpenSSH public key line",
+        );
+    }
+
+    #[test]
+    fn ssh_needs_dropbear_a_port_and_a_secret_reference() {
+        assert_refused(
+            &with_ssh(""),
+            "profile `p`: ssh: ",
+            "add `dropbear-bin` to packages.include",
+        );
+        assert_refused(&format!("{}port = 0\n", with_ssh("")), "ssh.port", "port 0");
+        assert_refused(
+            &with_ssh("").replace("{ name = \"ssh-host-key\" }", "\"hunter2\""),
+            "p.toml:2",
+            "a secret is never written in a profile",
+        );
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "p", &with_dropbear(&with_ssh("")));
+        let loaded = load(dir.path(), "p").unwrap();
+        let shown = toml::to_string_pretty(&redacted(&loaded.merged)).unwrap();
+        assert!(
+            shown.contains("host_key_secret = \"<secret ssh-host-key>\""),
+            "{shown}"
+        );
+        assert_eq!(loaded.profile.secret_names(), ["ssh-host-key"]);
     }
 }

@@ -50,7 +50,12 @@ fn secrets_init_writes_a_private_file_and_lists_names_never_values() {
     let first = values(&file);
     assert_eq!(
         first.keys().collect::<Vec<_>>(),
-        ["iscsi-chap", "iscsi-chap-mutual"]
+        [
+            "console-root-password",
+            "iscsi-chap",
+            "iscsi-chap-mutual",
+            "ssh-host-key"
+        ]
     );
     assert!(printed.contains(&file.display().to_string()), "{printed}");
     for (name, value) in &first {

@@ -60,6 +60,10 @@ pub struct Manifest {
     pub packages: Vec<ManifestPackage>,
     /// Output files, sorted by name.
     pub artifacts: Vec<Artifact>,
+    /// The node's SSH host key (`ssh-ed25519 BASE64 root@HOST`), for an
+    /// operator's `known_hosts`; absent for an image without SSH.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_host_key: Option<String>,
 }
 
 impl Manifest {
@@ -137,6 +141,7 @@ mod tests {
                 size: 6,
                 sha256: sha256_file(&dir.join("vmlinuz")).unwrap(),
             }],
+            ssh_host_key: None,
         }
     }
 

@@ -9,6 +9,9 @@
 //! atomically with mode 0600. Nothing here prints a value: [`Store`]'s
 //! `Debug` shows the names only.
 
+pub mod password;
+pub mod ssh;
+
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fmt;

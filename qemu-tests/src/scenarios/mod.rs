@@ -1,4 +1,4 @@
-//! The acceptance scenarios S1–S15 of `docs/acceptance.md`, as named
+//! The acceptance scenarios S1–S16 of `docs/acceptance.md`, as named
 //! functions run in order on one booted cluster, and the helpers they share
 //! (facts from the profiles, path and session state of the hypervisor).
 
@@ -7,6 +7,7 @@ mod basic;
 mod faults;
 mod io;
 mod isolation;
+mod operator;
 mod vm;
 
 use std::collections::BTreeMap;
@@ -23,7 +24,7 @@ pub type ScenarioFn = fn(&mut Ctx) -> Result<()>;
 
 /// One scenario of the suite.
 pub struct Scenario {
-    /// `S1` … `S15`.
+    /// `S1` … `S16`.
     pub id: &'static str,
     /// What it proves.
     pub title: &'static str,
@@ -33,84 +34,45 @@ pub struct Scenario {
 
 /// Every scenario, in the order they run.
 pub fn all() -> Vec<Scenario> {
-    vec![
-        Scenario {
-            id: "S1",
-            title: "storage node up",
-            run: basic::s1_storage_up,
-        },
-        Scenario {
-            id: "S2",
-            title: "discovery",
-            run: basic::s2_discovery,
-        },
-        Scenario {
-            id: "S3",
-            title: "login",
-            run: basic::s3_login,
-        },
-        Scenario {
-            id: "S4",
-            title: "multipath",
-            run: basic::s4_multipath,
-        },
-        Scenario {
-            id: "S5",
-            title: "bridge",
-            run: basic::s5_bridge,
-        },
-        Scenario {
-            id: "S6",
-            title: "VM on the multipath disk",
-            run: vm::s6_vm_on_multipath_disk,
-        },
-        Scenario {
-            id: "S7",
-            title: "initiator link cut under I/O",
-            run: faults::s7_initiator_link_cut,
-        },
-        Scenario {
-            id: "S8",
-            title: "target link cut under ping",
-            run: faults::s8_target_link_cut,
-        },
-        Scenario {
-            id: "S9",
-            title: "throughput",
-            run: faults::s9_throughput,
-        },
-        Scenario {
-            id: "S10",
-            title: "all paths down",
-            run: faults::s10_all_paths_down,
-        },
-        Scenario {
-            id: "S11",
-            title: "target restart",
-            run: faults::s11_target_restart,
-        },
-        Scenario {
-            id: "S12",
-            title: "link flapping",
-            run: faults::s12_link_flapping,
-        },
-        Scenario {
-            id: "S13",
-            title: "access control",
-            run: access::s13_access_control,
-        },
-        Scenario {
-            id: "S14",
-            title: "reboot",
-            run: access::s14_reboot,
-        },
-        // After the reboot: the filter the node loaded by itself at boot.
-        Scenario {
-            id: "S15",
-            title: "guests kept off the SAN",
-            run: isolation::s15_guests_off_the_san,
-        },
-    ]
+    let table: [(&'static str, &'static str, ScenarioFn); 16] = [
+        ("S1", "storage node up", basic::s1_storage_up),
+        ("S2", "discovery", basic::s2_discovery),
+        ("S3", "login", basic::s3_login),
+        ("S4", "multipath", basic::s4_multipath),
+        ("S5", "bridge", basic::s5_bridge),
+        (
+            "S6",
+            "VM on the multipath disk",
+            vm::s6_vm_on_multipath_disk,
+        ),
+        (
+            "S7",
+            "initiator link cut under I/O",
+            faults::s7_initiator_link_cut,
+        ),
+        (
+            "S8",
+            "target link cut under ping",
+            faults::s8_target_link_cut,
+        ),
+        ("S9", "throughput", faults::s9_throughput),
+        ("S10", "all paths down", faults::s10_all_paths_down),
+        ("S11", "target restart", faults::s11_target_restart),
+        ("S12", "link flapping", faults::s12_link_flapping),
+        ("S13", "access control", access::s13_access_control),
+        ("S14", "reboot", access::s14_reboot),
+        // After the reboot: the filter and the keys the nodes have by themselves.
+        (
+            "S15",
+            "guests kept off the SAN",
+            isolation::s15_guests_off_the_san,
+        ),
+        ("S16", "operator access", operator::s16_operator_access),
+    ];
+    table
+        .into_iter()
+        .map(|(id, title, run)| Scenario { id, title, run })
+        .collect()
 }
 
 /// Values from the profiles the scenarios assert against.
@@ -632,8 +594,8 @@ mod tests {
     #[test]
     fn every_scenario_is_listed_once() {
         let ids: Vec<&str> = all().iter().map(|s| s.id).collect();
-        assert_eq!(ids.len(), 15, "{ids:?}");
-        for n in 1..=15 {
+        assert_eq!(ids.len(), 16, "{ids:?}");
+        for n in 1..=16 {
             let id = format!("S{n}");
             assert_eq!(ids.iter().filter(|i| **i == id).count(), 1, "{id}");
         }
