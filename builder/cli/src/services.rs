@@ -234,22 +234,62 @@ pub(crate) mod tests {
     fn the_target_asks_for_chap_on_discovery_and_login_and_answers_mutual_chap() {
         let storage = loaded("storage");
         let store = store_for(&storage);
-        let text = render_overlay(&storage, &store, "storage/etc/tgt/targets.conf.j2");
+        let text = render_overlay(
+            &storage,
+            &store,
+            "storage/usr/lib/applbuild/tgt-configure.j2",
+        );
         let chap = store.get("iscsi-chap").unwrap();
         let mutual = store.get("iscsi-chap-mutual").unwrap();
+        let tgtadm = "tgtadm --lld iscsi";
         for line in [
-            format!("\nincomingdiscoveryuser uranus {chap}\n"),
-            format!("\noutgoingdiscoveryuser neptune {mutual}\n"),
-            format!("\n    incominguser uranus {chap}\n"),
-            format!("\n    outgoinguser neptune {mutual}\n"),
+            format!("\n{tgtadm} --mode account --op new --user uranus --password {chap}\n"),
+            format!("\n{tgtadm} --mode account --op new --user neptune --password {mutual}\n"),
+            format!("\n{tgtadm} --mode account --op bind --user uranus\n"),
+            format!("\n{tgtadm} --mode account --op bind --user neptune --outgoing\n"),
+            format!(
+                "\n{tgtadm} --mode target --op new --tid 1 -T iqn.2012-09.com.ibm:neptune.target\n"
+            ),
+            format!(
+                "\n{tgtadm} --mode logicalunit --op new --tid 1 --lun 1 -b /dev/disk/by-id/virtio-lun1\n"
+            ),
+            format!(
+                "\n{tgtadm} --mode logicalunit --op update --tid 1 --lun 1 --params scsi_id=a9b1000000000001\n"
+            ),
+            format!("\n{tgtadm} --mode account --op bind --tid 1 --user uranus\n"),
+            format!("\n{tgtadm} --mode account --op bind --tid 1 --user neptune --outgoing\n"),
+            format!("\n{tgtadm} --mode target --op bind --tid 1 -Q iqn.2012-09.com.ibm:uranus\n"),
         ] {
             assert!(text.contains(&line), "{line:?} not in\n{text}");
         }
+        // The name ACL alone: binding the address ACL `ALL` beside it would
+        // let any initiator name in (S13).
+        assert!(!text.contains("-I ALL"), "{text}");
         assert!(
             !crate::boot::check_context(&storage)
                 .to_string()
                 .contains(chap)
         );
+    }
+
+    #[test]
+    fn a_target_without_an_acl_is_open_to_every_initiator_that_passes_chap() {
+        let mut storage = loaded("storage");
+        let target = storage.profile.target.as_mut().unwrap();
+        target.allowed_initiators.clear();
+        target.discovery_auth = false;
+        let store = store_for(&storage);
+        let text = render_overlay(
+            &storage,
+            &store,
+            "storage/usr/lib/applbuild/tgt-configure.j2",
+        );
+        assert!(
+            text.contains("\ntgtadm --lld iscsi --mode target --op bind --tid 1 -I ALL\n"),
+            "{text}"
+        );
+        assert!(!text.contains("-Q "), "{text}");
+        assert!(!text.contains("--op bind --user uranus\n"), "{text}");
     }
 
     #[test]
