@@ -828,26 +828,6 @@ mod tests {
         write_esp(path, 64 * MIB, "ESP", 0x1234_ABCD, &files)
     }
 
-    /// A host tool (`fsck.fat` from dosfstools, `mdir`/`mcopy` from
-    /// mtools), on PATH or in the sbin folders a non-root PATH lacks.
-    /// Missing: fails under CI=true, else `None` after a SKIPPED line.
-    fn tool(name: &str, package: &str) -> Option<PathBuf> {
-        let found = std::env::var_os("PATH")
-            .into_iter()
-            .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
-            .chain(["/usr/sbin".into(), "/sbin".into()])
-            .map(|dir| dir.join(name))
-            .find(|candidate| candidate.is_file());
-        if found.is_none() {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "{name} is missing: run scripts/host-setup (Debian package {package})"
-            );
-            eprintln!("SKIPPED: {name} is not installed (Debian package {package})");
-        }
-        found
-    }
-
     fn run(command: &mut Command) -> String {
         let output = command.output().unwrap();
         let text = format!(
@@ -983,7 +963,7 @@ mod tests {
     /// dosfstools must find nothing to fix.
     #[test]
     fn fsck_fat_finds_no_errors() {
-        let Some(fsck) = tool("fsck.fat", "dosfstools") else {
+        let Some(fsck) = applbuild_testdata::host_tool("fsck.fat", "dosfstools") else {
             return;
         };
         let dir = tempfile::tempdir().unwrap();
@@ -1014,7 +994,10 @@ mod tests {
     /// file back byte for byte.
     #[test]
     fn mtools_reads_every_file_back() {
-        let (Some(mdir), Some(mcopy)) = (tool("mdir", "mtools"), tool("mcopy", "mtools")) else {
+        let (Some(mdir), Some(mcopy)) = (
+            applbuild_testdata::host_tool("mdir", "mtools"),
+            applbuild_testdata::host_tool("mcopy", "mtools"),
+        ) else {
             return;
         };
         let dir = tempfile::tempdir().unwrap();

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 
-use super::{Ctx, must, session_count, wait_all_paths_up, with_args};
+use super::{Ctx, ensure_all_sessions, must, session_count, wait_all_paths_up, with_args};
 
 /// An IQN outside the storage node's ACL.
 const FOREIGN_IQN: &str = "iqn.2012-09.com.example:intruder";
@@ -169,13 +169,8 @@ fn check_chap_login(ctx: &mut Ctx, username: &str) -> Result<()> {
     let started = Instant::now();
     let timeout = ctx.secs(60);
     wait_all_paths_up(ctx, started, timeout)?;
+    ensure_all_sessions(ctx)?;
     let target = ctx.facts.target.clone();
-    let sessions = session_count(&mut ctx.cluster.hypervisor, &target)?;
-    ensure!(
-        sessions == ctx.facts.paths(),
-        "{sessions} sessions, expected {}",
-        ctx.facts.paths()
-    );
     let (iface, _) = ctx.facts.ifaces[0].clone();
     let record = must(
         &mut ctx.cluster.hypervisor,
@@ -260,12 +255,7 @@ pub fn s14_reboot(ctx: &mut Ctx) -> Result<()> {
     let timeout = ctx.secs(90);
     let paths = wait_all_paths_up(ctx, started, timeout)?;
     ctx.timing("reboot_to_paths_s", paths);
-    let target = ctx.facts.target.clone();
-    let sessions = session_count(&mut ctx.cluster.hypervisor, &target)?;
-    ensure!(
-        sessions == ctx.facts.paths(),
-        "{sessions} sessions after the reboot"
-    );
+    ensure_all_sessions(ctx).context("after the reboot")?;
     let maps = must(
         &mut ctx.cluster.hypervisor,
         r#"multipathd show maps raw format "%n %N""#,

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, ensure};
 use base64::Engine;
 
 use super::basic::{VM_IP, VM_NS, ensure_vm_nic};
-use super::{Ctx, must, session_count, wait_all_paths_up, with_args};
+use super::{Ctx, ensure_all_sessions, must, wait_all_paths_up, with_args};
 
 /// The second guest NIC's namespace: the guest the first one must reach.
 const PEER_NS: &str = "vm2";
@@ -237,14 +237,7 @@ fn check_guest_is_reached(ctx: &mut Ctx) -> Result<()> {
     let started = Instant::now();
     let timeout = ctx.secs(30);
     wait_all_paths_up(ctx, started, timeout)?;
-    let target = ctx.facts.target.clone();
-    let sessions = session_count(&mut ctx.cluster.hypervisor, &target)?;
-    ensure!(
-        sessions == ctx.facts.paths(),
-        "{sessions} sessions, expected {}",
-        ctx.facts.paths()
-    );
-    Ok(())
+    ensure_all_sessions(ctx)
 }
 
 #[cfg(test)]

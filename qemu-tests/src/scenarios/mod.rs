@@ -13,7 +13,7 @@ mod vm;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail, ensure};
 
 use crate::cluster::{Cluster, Node};
 use crate::report::{Outcome, ScenarioReport};
@@ -520,6 +520,19 @@ pub fn with_args(script: &str, args: &[&str]) -> String {
 /// Runs `command` on `node`, failing with its output unless it exits 0.
 pub fn must(node: &mut Node, command: &str) -> Result<String> {
     node.sh(command)
+}
+
+/// Fails unless the hypervisor has one session to the target per path of
+/// the profile.
+pub fn ensure_all_sessions(ctx: &mut Ctx) -> Result<()> {
+    let target = ctx.facts.target.clone();
+    let sessions = session_count(&mut ctx.cluster.hypervisor, &target)?;
+    ensure!(
+        sessions == ctx.facts.paths(),
+        "{sessions} sessions, expected {}",
+        ctx.facts.paths()
+    );
+    Ok(())
 }
 
 /// Number of logged-in sessions to `target`.
