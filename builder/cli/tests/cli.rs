@@ -123,6 +123,12 @@ fn packages_with_module_a(busybox_version: &str, module_a: &[&str]) -> Vec<FakeP
             b"glib",
             0o644,
         ),
+        // What `[ssh]` needs.
+        FakePackage::new("dropbear-bin", "2022.83-1").file(
+            "/usr/sbin/dropbear",
+            b"\x7fELF dropbear",
+            0o755,
+        ),
     ]
 }
 
@@ -1136,4 +1142,83 @@ fn a_rendered_file_holding_a_secret_is_private_and_the_secret_is_a_build_input()
         .build("out", "cache", &["--secrets", secrets_arg])
         .success();
     assert_ne!(manifest(&out)["inputs_digest"], first);
+}
+
+/// An operator's key for the tests: RFC 8032's first test key.
+const OPERATOR_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINdamAGCsQq31Uv+08lkBzoO4XLz2qYjJa8CGmj3B1Ea ops@example.com";
+
+#[test]
+fn ssh_and_the_console_login_come_from_the_profile_and_the_secrets_store() {
+    let fixture = Fixture::new();
+    let profile = tiny_profile(&fixture.repo.url, &fixture.repo.keyring)
+        .replace("\"app\"]", "\"app\", \"dropbear-bin\"]");
+    fixture.write_profile(&format!(
+        "{profile}\n[ssh]\nauthorized_keys = [\"{OPERATOR_KEY}\"]\nhost_key_secret = {{ name = \"ssh-host-key\" }}\n\n[console]\nroot_password_secret = {{ name = \"root-password\" }}\n"
+    ));
+    fs::write(
+        fixture.project().join("rootfs-overlay/common/etc/shadow"),
+        "root:*:0:0:99999:7:::\n",
+    )
+    .unwrap();
+    let secrets = fixture.path("secrets.toml");
+    fixture
+        .build(
+            "out",
+            "cache",
+            &["--test", "--secrets", secrets.to_str().unwrap()],
+        )
+        .success();
+    let store: toml::Table = toml::from_str(&fs::read_to_string(&secrets).unwrap()).unwrap();
+    let out = fixture.path("out/tiny");
+    let (entries, _) = initrd_entries(&out.join("initrd.img"));
+
+    // The host key file: dropbear's format, private; the manifest holds its
+    // public half.
+    let key_path = "etc/dropbear/dropbear_ed25519_host_key";
+    let key = member(&entries, key_path);
+    assert_eq!(entries[key_path].mode & 0o7777, 0o600);
+    assert_eq!(&key[..19], b"\0\0\0\x0bssh-ed25519\0\0\0\x40");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    let public = manifest["ssh_host_key"].as_str().unwrap();
+    let mut blob = b"\0\0\0\x0bssh-ed25519\0\0\0\x20".to_vec();
+    blob.extend(&key[51..83]);
+    let encoded = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &blob);
+    assert_eq!(public, format!("ssh-ed25519 {encoded} root@tinyhost"));
+
+    // The image authorizes the profile's key only; the test build adds the
+    // harness's.
+    let authorized = "root/.ssh/authorized_keys";
+    assert_eq!(
+        text(member(&entries, authorized)),
+        format!("{OPERATOR_KEY}\n")
+    );
+    assert_eq!(entries[authorized].mode & 0o7777, 0o600);
+    let (segment, _) = initrd_entries(&out.join("test/test-channel.cpio.zst"));
+    let tested = text(member(&segment, authorized));
+    assert!(
+        tested.starts_with(&format!("{OPERATOR_KEY}\nssh-ed25519 ")),
+        "{tested}"
+    );
+    assert!(
+        tested.ends_with(" applbuild-test-harness@test-build\n"),
+        "{tested}"
+    );
+
+    // root's password is the store's, hashed; the store's value is not in it.
+    let password = store["root-password"].as_str().unwrap();
+    let shadow = text(member(&entries, "etc/shadow"));
+    assert_eq!(entries["etc/shadow"].mode & 0o7777, 0o600);
+    let hash = shadow
+        .strip_prefix("root:")
+        .unwrap()
+        .split(':')
+        .next()
+        .unwrap();
+    let salt = hash.split('$').nth(2).unwrap();
+    assert_eq!(
+        hash,
+        applbuild_secrets::password::sha512_crypt(password, salt)
+    );
+    assert!(!shadow.contains(password));
 }
