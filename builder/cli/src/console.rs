@@ -82,8 +82,7 @@ mod tests {
     fn a_console_login_sets_roots_hash_and_nothing_else() {
         let profiles = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../profiles");
         let loaded = profile::load(&profiles, "storage").unwrap();
-        let mut store = Store::empty(Path::new("test-secrets.toml"));
-        store.add_missing(loaded.profile.secret_names());
+        let store = crate::services::tests::store_for(&loaded);
         let mut tree = tree_with_shadow();
         add_files(&mut tree, &loaded.profile, &store).unwrap();
         let (shadow, mode) = shadow_of(&tree);

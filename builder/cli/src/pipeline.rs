@@ -989,7 +989,7 @@ pub(crate) struct Assembled {
     /// systemd-boot and the UKI stub, for a profile with `[image.uefi]`.
     pub(crate) efi: Option<EfiBinaries>,
     /// The public half of the SSH host key, for a profile with `[ssh]`.
-    ssh_host_key: Option<crate::ssh::HostKeyInfo>,
+    ssh_host_key: Option<String>,
 }
 
 /// Stage 4: the image files in the staging folder, each hashed once, when
@@ -1103,10 +1103,7 @@ fn image_manifest(
         modules: assembled.modules.load_order.clone(),
         packages: Vec::new(),
         artifacts,
-        ssh_host_key: assembled
-            .ssh_host_key
-            .as_ref()
-            .map(|key| key.public.clone()),
+        ssh_host_key: assembled.ssh_host_key.clone(),
     }
 }
 
@@ -1342,7 +1339,7 @@ pub(crate) fn assemble(
         kernel_package,
         modules,
         efi,
-        ssh_host_key: crate::ssh::host_key_info(&loaded.profile, secrets),
+        ssh_host_key: crate::ssh::host_key_public(&loaded.profile, secrets),
     })
 }
 

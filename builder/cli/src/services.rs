@@ -161,8 +161,8 @@ pub fn table(profile: &str, entries: &[ServiceEntry]) -> String {
 /// The template context: the merged profile with its secrets' values from
 /// `secrets` (where the profile says `secret = { name = "N" }`), plus a
 /// `build` table with what the build computed (kernel release, module load
-/// order, the services and the text of their table, the guest filter's plan and the SSH host
-/// key's public half, or null).
+/// order, the services and the text of their table, the guest filter's
+/// plan or null).
 pub fn template_context(
     loaded: &LoadedProfile,
     kernel_release: &str,
@@ -192,7 +192,6 @@ pub fn template_context(
         "service_table": table(&loaded.name, &entries),
         "services": entries,
         "guest_isolation": crate::guest_isolation::filter_plan(&loaded.profile),
-        "ssh": crate::ssh::host_key_info(&loaded.profile, secrets),
     });
     Ok(context)
 }

@@ -4,12 +4,10 @@
 //! rebuilds), the authorized keys from the profile; a test build adds the
 //! test harness's key, derived from the same secret, to the authorized keys.
 
+use crate::profile::Profile;
 use applbuild_rootfs::rootfs::{RootfsError, RootfsTree};
 use applbuild_secrets::Store;
 use applbuild_secrets::ssh::{KeyPurpose, SshKey};
-use serde::Serialize;
-
-use crate::profile::Profile;
 
 /// The Debian package with `dropbear` (and the `dbclient` the suite uses).
 pub const DROPBEAR_PACKAGE: &str = "dropbear-bin";
@@ -22,17 +20,6 @@ pub const AUTHORIZED_KEYS_PATH: &str = "/root/.ssh/authorized_keys";
 
 /// The comment of the test harness's line in a test build's `authorized_keys`.
 pub const TEST_HARNESS_COMMENT: &str = "applbuild-test-harness@test-build";
-
-/// What templates and checks see as `build.ssh`, and what the manifest
-/// records: the public half of the host key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct HostKeyInfo {
-    /// `ssh-ed25519 BASE64 root@HOSTNAME`: a `known_hosts` line after the
-    /// node's address.
-    pub public: String,
-    /// `SHA256:...`, as `ssh` prints it on first connect.
-    pub fingerprint: String,
-}
 
 /// The node's host name, which scopes its host key: one cluster secret,
 /// a key per node.
@@ -59,13 +46,12 @@ pub fn test_harness_key(host_key_secret: &str) -> SshKey {
     SshKey::derive(host_key_secret, KeyPurpose::TestHarnessClient, "")
 }
 
-/// The public half of `profile`'s host key.
-pub fn host_key_info(profile: &Profile, secrets: &Store) -> Option<HostKeyInfo> {
+/// The public half of `profile`'s host key as the manifest records it,
+/// `ssh-ed25519 BASE64 root@HOSTNAME`: a `known_hosts` line after the
+/// node's address.
+pub fn host_key_public(profile: &Profile, secrets: &Store) -> Option<String> {
     let key = host_key(profile, secrets)?;
-    Some(HostKeyInfo {
-        public: key.public_line(&format!("root@{}", host_name(profile))),
-        fingerprint: key.fingerprint(),
-    })
+    Some(key.public_line(&format!("root@{}", host_name(profile))))
 }
 
 /// Adds the host key and root's `authorized_keys` (both 0600, in 0700
@@ -96,16 +82,11 @@ mod tests {
 
     use super::*;
     use crate::profile;
+    use crate::services::tests::store_for;
     use applbuild_rootfs::deb_archive::EntryKind;
 
     fn project_profiles() -> std::path::PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../profiles")
-    }
-
-    fn store_with(profile: &Profile) -> Store {
-        let mut store = Store::empty(Path::new("test-secrets.toml"));
-        store.add_missing(profile.secret_names());
-        store
     }
 
     fn file(tree: &RootfsTree, path: &str) -> (Vec<u8>, u32) {
@@ -120,7 +101,7 @@ mod tests {
     fn both_nodes_get_a_private_host_key_and_the_profiles_keys() {
         for name in ["storage", "hypervisor"] {
             let loaded = profile::load(&project_profiles(), name).unwrap();
-            let store = store_with(&loaded.profile);
+            let store = store_for(&loaded);
             let mut tree = RootfsTree::new();
             add_files(&mut tree, &loaded.profile, &store).unwrap();
             let (key, mode) = file(&tree, HOST_KEY_PATH);
@@ -150,7 +131,7 @@ mod tests {
     #[test]
     fn only_a_test_build_lets_the_harness_in() {
         let loaded = profile::load(&project_profiles(), "hypervisor").unwrap();
-        let store = store_with(&loaded.profile);
+        let store = store_for(&loaded);
         let test = loaded.for_test_build();
         let mut tree = RootfsTree::new();
         add_files(&mut tree, &test.profile, &store).unwrap();
@@ -173,16 +154,16 @@ mod tests {
     #[test]
     fn the_host_key_follows_its_secret_and_names_the_host() {
         let loaded = profile::load(&project_profiles(), "storage").unwrap();
-        let store = store_with(&loaded.profile);
-        let info = host_key_info(&loaded.profile, &store).unwrap();
-        assert!(info.public.starts_with("ssh-ed25519 AAAA"), "{info:?}");
-        assert!(info.public.ends_with(" root@neptune"), "{info:?}");
-        let other = host_key_info(&loaded.profile, &store_with(&loaded.profile)).unwrap();
-        assert_ne!(info, other, "two stores, two random secrets, two keys");
+        let store = store_for(&loaded);
+        let public = host_key_public(&loaded.profile, &store).unwrap();
+        assert!(public.starts_with("ssh-ed25519 AAAA"), "{public}");
+        assert!(public.ends_with(" root@neptune"), "{public}");
+        let other = host_key_public(&loaded.profile, &store_for(&loaded)).unwrap();
+        assert_ne!(public, other, "two stores, two random secrets, two keys");
         let hypervisor = profile::load(&project_profiles(), "hypervisor").unwrap();
-        let other_node = host_key_info(&hypervisor.profile, &store).unwrap();
-        assert_ne!(info.public, other_node.public, "one secret, a key per node");
+        let other_node = host_key_public(&hypervisor.profile, &store).unwrap();
+        assert_ne!(public, other_node, "one secret, a key per node");
         let guest = profile::load(&project_profiles(), "guest").unwrap();
-        assert_eq!(host_key_info(&guest.profile, &store), None);
+        assert_eq!(host_key_public(&guest.profile, &store), None);
     }
 }

@@ -61,14 +61,13 @@ fn outcome(text: &str, address: &str) -> LoginOutcome {
 
 /// The node at `address` with `profile`'s host name and host key.
 fn ssh_node(ctx: &Ctx, profile: &Profile, address: &str) -> Result<SshNode> {
-    let info = applbuild::ssh::host_key_info(profile, &ctx.cluster.secrets)
+    let key = applbuild::ssh::host_key(profile, &ctx.cluster.secrets)
         .context("a node profile without [ssh], or its host key secret is not in the store")?;
     // dbclient reads a known_hosts line to its end as the key: no comment.
-    let key: Vec<&str> = info.public.split(' ').take(2).collect();
     Ok(SshNode {
         address: address.to_string(),
         hostname: profile.hostname.clone().unwrap_or_default(),
-        known_host: format!("{address} {}", key.join(" ")),
+        known_host: format!("{address} {}", key.public_line("")),
     })
 }
 
