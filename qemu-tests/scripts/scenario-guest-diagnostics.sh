@@ -1,18 +1,17 @@
 #!/bin/sh
 # scenario-guest-diagnostics.sh RUN_DIR, run on the hypervisor node when a
 # scenario fails: this node's uptime (a node that reset itself starts over,
-# and RUN_DIR, in RAM, is empty then), whether the guest VM's QEMU (its
-# files in RUN_DIR) runs, its console's end, the map's requests in flight,
-# the kernel's last lines.
+# and RUN_DIR, in RAM, is empty then), what the node says about its VMs and
+# whether the guest VM's QEMU (its files in RUN_DIR) runs, its console's end,
+# the map's requests in flight, the kernel's last lines.
 run=$1
 echo "hypervisor uptime $(cut -d' ' -f1 /proc/uptime) s"
-pid=$(cat "$run/qemu.pid" 2>/dev/null)
+applbuild-vm list
+pid=$(cat "$run/pid" 2>/dev/null)
 if [ -z "$pid" ]; then
-  echo 'qemu pid file MISSING: the guest was not started on this boot of the node (did the node reset?)'
+  echo "no QEMU pid: the VM is not running (state $(cat "$run/state" 2>/dev/null || echo MISSING: did the node reset?))"
 elif kill -0 "$pid" 2>/dev/null; then
-  echo "qemu pid $pid running"
-else
-  echo "qemu pid $pid EXITED: the guest reset or powered off (QEMU runs it with -no-reboot)"
+  echo "qemu pid $pid running, restarts $(cat "$run/restarts")"
 fi
 # The whole command line of QEMU: BusyBox pgrep prints only names.
 # shellcheck disable=SC2009

@@ -47,6 +47,8 @@ pub struct Node {
     pub scale: Scale,
     scanned: usize,
     boots: usize,
+    /// The console of the boot before the last power cycle.
+    pub previous_console: String,
 }
 
 /// What a console scan found since the previous scan.
@@ -123,6 +125,7 @@ impl Node {
             scale,
             scanned: 0,
             boots: 1,
+            previous_console: String::new(),
         };
         let started = node.vm.started;
         node.await_ready(1, started, scale.secs(60)).await?;
@@ -179,24 +182,6 @@ impl Node {
             .ok_or_else(|| anyhow!("{}: guest agent not connected", self.name))?;
         qga.exec_shell(command, scaled)
             .with_context(|| format!("{}: running `{command}`", self.name))
-    }
-
-    /// Runs a shell script (one of `scripts/*.sh`) in the guest with
-    /// positional arguments; `timeout` is nominal.
-    pub fn exec_script(
-        &mut self,
-        name: &str,
-        script: &str,
-        args: &[&str],
-        timeout: Duration,
-    ) -> Result<ExecOutput> {
-        let scaled = timeout * self.scale.0;
-        let qga = self
-            .qga
-            .as_mut()
-            .ok_or_else(|| anyhow!("{}: guest agent not connected", self.name))?;
-        qga.exec_script(name, script, args, scaled)
-            .with_context(|| format!("{}: running {name}", self.name))
     }
 
     /// Runs a command that must succeed within 30 s (nominal) and returns
@@ -274,6 +259,7 @@ impl Node {
             self.vm.stop(Duration::from_secs(10));
         }
         self.qmp = None;
+        self.previous_console = self.vm.console();
         self.boots += 1;
         let log = self
             .vm
@@ -379,7 +365,7 @@ impl Cluster {
             from,
         };
         let guest_image = Disk {
-            path: images.join(GUEST).join("disk.img"),
+            path: images.join(GUEST).join(format!("{GUEST}.img")),
             serial: guest::IMAGE_DISK_SERIAL.into(),
             read_only: true,
             cache: DiskCache::Unsafe,

@@ -1,33 +1,34 @@
-//! The guest VM of S6: the `guest` image (profiles/guest.toml) written onto
-//! the hypervisor's multipath map and booted there by the hypervisor's own
-//! QEMU, straight from the map's partitions, with its NIC on br0. The suite
-//! reaches it from the hypervisor node through the guest's control port.
+//! The guest VM of S6: the `guest` image (profiles/guest.toml), a UEFI disk
+//! image, installed onto the hypervisor's multipath map with the node's own
+//! `applbuild-vm install`, and started by the node itself: the hypervisor
+//! profile declares it as its VM `guest` ([[vms]], docs/vms.md), which OVMF
+//! boots from the map, its NIC on br0. The suite reaches it from the
+//! hypervisor node through the guest's control port.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use applbuild::boot::READY_MARKER;
 use applbuild::profile::LoadedProfile;
-use applbuild_vm::qemu::{Accel, BootSource, Disk, DiskCache, NetBackend, Nic, Serial, VmSpec};
 use applbuild_vm::qga::ExecOutput;
 use base64::Engine;
 
 use crate::cluster::Node;
 use crate::waits::{Scale, wait_until};
 
-/// Profile name of the guest.
+/// Profile name of the guest, and the name of the VM that runs it.
 pub const GUEST: &str = "guest";
-/// Serial of the read-only disk that carries the guest's `disk.img` into the
-/// hypervisor node (`/dev/disk/by-id/virtio-guest-image` there).
+/// Serial of the read-only disk that carries the guest's `guest.img` into
+/// the hypervisor node (`/dev/disk/by-id/virtio-guest-image` there).
 pub const IMAGE_DISK_SERIAL: &str = "guest-image";
-/// Folder of the guest's QEMU files inside the hypervisor node.
-pub const RUN_DIR: &str = "/run/applbuild-vm";
+/// Folder of the VM's files inside the hypervisor node (its console log,
+/// QMP socket, QEMU's pid and state).
+pub const RUN_DIR: &str = "/run/applbuild/vms/guest";
 /// TCP port of the guest's control service (profiles/guest.toml).
 const CONTROL_PORT: u16 = 5000;
-/// The guest NIC's tap device, a port of br0.
-const TAP: &str = "vm0";
-/// Partition of `disk.img` that holds the workload's data (`/dev/vda3`).
-pub const DATA_PARTITION: u32 = 3;
+/// Partition of `guest.img` that holds the workload's data (`/dev/vda2`:
+/// the ESP is the first).
+pub const DATA_PARTITION: u32 = 2;
 
 /// How the guest's CPU runs inside the hypervisor node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,8 +46,10 @@ pub struct Guest {
     pub ip: String,
     /// How its CPU runs.
     pub accel: GuestAccel,
-    /// Seconds from starting its QEMU to its ready line.
+    /// Seconds from the moment the node could start it to its ready line.
     pub boot_to_ready_s: f64,
+    /// The pid of the QEMU the node started it in.
+    pub qemu_pid: u32,
     /// Bytes of its console already scanned.
     console_scanned: usize,
 }
@@ -61,122 +64,100 @@ pub fn map_partition(alias: &str, n: u32) -> String {
     format!("/dev/mapper/{alias}-part{n}")
 }
 
-/// Writes the guest image from its read-only disk onto the multipath map
-/// and maps its partitions; returns the seconds the copy took.
-pub fn install(hypervisor: &mut Node, alias: &str) -> Result<f64> {
-    let map = map_device(alias);
+/// What `applbuild-vm install` did: how long it took and the sha256 it
+/// read back from the map.
+pub struct Installed {
+    /// Seconds the install took (power-down of a running guest, copy, check).
+    pub seconds: f64,
+    /// The sha256 of the map's first bytes after the copy, as big as the image.
+    pub sha256: String,
+}
+
+/// Installs the guest image from its read-only disk onto the VM's disk
+/// with the node's `applbuild-vm install` (which stops the VM first and
+/// lets the node start it after the check), then maps the partitions for
+/// the suite's own reads.
+pub fn install(hypervisor: &mut Node, alias: &str) -> Result<Installed> {
     let source = format!("/dev/disk/by-id/virtio-{IMAGE_DISK_SERIAL}");
+    let map = map_device(alias);
     let started = Instant::now();
     let output = hypervisor.exec(
         &format!(
-            "kpartx -d -p -part {map} >/dev/null 2>&1; \
-             dd if={source} of={map} bs=1M oflag=direct conv=fsync 2>&1 && \
+            "kpartx -d -p -part {map} >/dev/null 2>&1; applbuild-vm install {GUEST} {source} && \
              kpartx -a -s -p -part {map} && ls {map}-part*"
         ),
-        Duration::from_secs(240),
+        Duration::from_secs(300),
     )?;
     ensure!(
         output.success(),
-        "installing the guest image onto {map} failed: {}{}",
+        "applbuild-vm install {GUEST} {source} failed: {}{}",
         output.stdout,
         output.stderr
     );
-    Ok(started.elapsed().as_secs_f64())
+    let sha256 = output
+        .stdout
+        .split_once("sha256 ")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .map(String::from)
+        .with_context(|| format!("applbuild-vm install printed no sha256:\n{}", output.stdout))?;
+    Ok(Installed {
+        seconds: started.elapsed().as_secs_f64(),
+        sha256,
+    })
 }
 
-/// The script that starts the guest's QEMU in the hypervisor node.
-const START_SCRIPT: &str = include_str!("../scripts/guest-start.sh");
-
-/// The guest's VM inside the hypervisor node: booted from the map (its
-/// kernel and initrd copied into RAM by the start script), the whole map its
-/// virtio disk, its NIC on the tap. `-no-reboot`: a guest that resets itself
-/// (nested on TCG's SVM it now and then does) stops there, so a failure
-/// shows it instead of a fresh boot.
-fn guest_spec(loaded: &LoadedProfile, alias: &str, accel: GuestAccel) -> Result<VmSpec> {
-    let profile = &loaded.profile;
-    let nic = profile
-        .network
-        .interfaces
-        .first()
-        .ok_or_else(|| anyhow!("the guest profile has no NIC"))?;
-    let mac = nic.mac.clone().ok_or_else(|| {
-        anyhow!(
-            "the guest profile's interface `{}` has no `mac`: QEMU needs one for every NIC",
-            nic.name
-        )
-    })?;
-    let accel = match accel {
-        GuestAccel::Kvm => Accel::Kvm,
-        GuestAccel::Tcg => Accel::Tcg,
-    };
-    let boot = BootSource::Kernel {
-        kernel: format!("{RUN_DIR}/vmlinuz").into(),
-        initrd: Some(format!("{RUN_DIR}/initrd.img").into()),
-        cmdline: profile.kernel.cmdline.join(" "),
-    };
-    let mut spec = VmSpec::new(GUEST, boot, accel);
-    spec.memory_mib = profile.qemu.memory_mib;
-    spec.cpus = profile.qemu.cpus;
-    spec.tcg_cpu = profile.qemu.tcg_cpu.clone();
-    spec.disks.push(Disk {
-        path: map_device(alias).into(),
-        serial: "root".into(),
-        read_only: false,
-        cache: DiskCache::Direct,
-    });
-    spec.nics.push(Nic {
-        id: "net0".into(),
-        mac,
-        backend: NetBackend::Tap { ifname: TAP.into() },
-        without_rom: true,
-    });
-    spec.serial = Serial::File(format!("{RUN_DIR}/console.log").into());
-    spec.pidfile = Some(format!("{RUN_DIR}/qemu.pid").into());
-    Ok(spec)
-}
-
-/// Stops a guest left from an earlier scenario, if any, and its tap.
+/// Asks the node to power the VM down and keep it stopped.
 pub fn stop(hypervisor: &mut Node) -> Result<()> {
-    hypervisor.sh(&format!(
-        "if [ -s {RUN_DIR}/qemu.pid ]; then kill $(cat {RUN_DIR}/qemu.pid) 2>/dev/null; \
-           while kill -0 $(cat {RUN_DIR}/qemu.pid) 2>/dev/null; do sleep 0.2; done; fi; \
-         rm -f {RUN_DIR}/qemu.pid; ip link del {TAP} 2>/dev/null; true"
-    ))?;
+    hypervisor.sh(&format!("applbuild-vm stop {GUEST}"))?;
     Ok(())
 }
 
+/// The node's view of the VM: its state word and QEMU's pid, if it runs.
+pub fn state(hypervisor: &mut Node) -> Result<(String, Option<u32>)> {
+    let text = hypervisor.sh(&format!(
+        "cat {RUN_DIR}/state; cat {RUN_DIR}/pid 2>/dev/null || true"
+    ))?;
+    let mut lines = text.lines();
+    let state = lines.next().unwrap_or_default().trim().to_string();
+    Ok((state, lines.next().and_then(|pid| pid.trim().parse().ok())))
+}
+
+/// How many bytes the VM's console log holds (0 before its first start).
+pub fn console_len(hypervisor: &mut Node) -> Result<usize> {
+    let text = hypervisor.sh(&format!(
+        "stat -c %s {RUN_DIR}/console.log 2>/dev/null || echo 0"
+    ))?;
+    text.trim()
+        .parse()
+        .with_context(|| format!("the size of the guest's console log: {text}"))
+}
+
 impl Guest {
-    /// Boots the installed guest in the hypervisor node, its NIC on br0,
-    /// and waits for its ready line and its control port.
-    pub fn boot(
+    /// Waits until the node has started the VM and the guest printed its
+    /// ready line after the first `console_from` bytes of its console log,
+    /// then until its control port answers.
+    pub fn wait_started(
         hypervisor: &mut Node,
         loaded: &LoadedProfile,
-        alias: &str,
+        console_from: usize,
         scale: Scale,
     ) -> Result<Self> {
         let ip = guest_ip(loaded)?;
-        let kvm = hypervisor
-            .exec(
-                "test -c /dev/kvm && test -w /dev/kvm",
-                Duration::from_secs(10),
-            )?
-            .success();
-        let accel = if kvm {
-            GuestAccel::Kvm
-        } else {
-            GuestAccel::Tcg
-        };
-        stop(hypervisor)?;
         let started = Instant::now();
-        start_qemu(hypervisor, &guest_spec(loaded, alias, accel)?, alias, scale)?;
-        // A guest boots several times slower nested than on the host.
-        let timeout = scale.secs(150);
-        wait_ready(hypervisor, accel, timeout)?;
+        // Firmware, systemd-boot and the guest's kernel: several times slower nested.
+        wait_ready(hypervisor, console_from, scale.secs(240))?;
+        let (_, pid) = state(hypervisor)?;
+        // vm-run writes the accelerator it started QEMU with.
+        let accel = match hypervisor.sh(&format!("cat {RUN_DIR}/accel"))?.trim() {
+            "kvm" => GuestAccel::Kvm,
+            _ => GuestAccel::Tcg,
+        };
         let guest = Self {
             ip,
             accel,
             boot_to_ready_s: started.elapsed().as_secs_f64(),
-            console_scanned: 0,
+            qemu_pid: pid.context("the guest is ready and the node names no QEMU pid")?,
+            console_scanned: console_from,
         };
         let output = guest.exec(hypervisor, "echo control-ok", Duration::from_secs(30))?;
         ensure!(
@@ -246,77 +227,46 @@ fn guest_ip(loaded: &LoadedProfile) -> Result<String> {
         .ok_or_else(|| anyhow!("the guest profile's NIC has no address"))
 }
 
-/// Runs the start script and waits until QEMU has written its pid file
-/// (QEMU runs in the background, its errors in qemu.log).
-fn start_qemu(hypervisor: &mut Node, spec: &VmSpec, alias: &str, scale: Scale) -> Result<()> {
-    let kernel = map_partition(alias, 1);
-    let initrd = map_partition(alias, 2);
-    let command = spec.shell_command();
-    let output = hypervisor.exec_script(
-        "guest-start.sh",
-        START_SCRIPT,
-        &[RUN_DIR, TAP, &kernel, &initrd, &command],
-        Duration::from_secs(30),
-    )?;
-    ensure!(
-        output.success(),
-        "guest-start.sh exited with {}\nstdout:\n{}stderr:\n{}",
-        output.exit_code,
-        output.stdout,
-        output.stderr
-    );
-    let started_qemu = wait_until(scale.secs(30), Duration::from_millis(500), || {
-        hypervisor
-            .exec(
-                &format!("test -s {RUN_DIR}/qemu.pid"),
-                Duration::from_secs(10),
-            )
-            .is_ok_and(|output| output.success())
-    });
-    if !started_qemu {
-        let log = hypervisor
-            .sh(&format!("cat {RUN_DIR}/qemu.log"))
-            .unwrap_or_default();
-        bail!("the guest's QEMU did not start:\n{log}");
-    }
-    Ok(())
-}
-
-/// Waits for the guest's ready line on its console (a file in the node);
-/// fails with the console's last lines if QEMU exits or time runs out.
-fn wait_ready(hypervisor: &mut Node, accel: GuestAccel, timeout: Duration) -> Result<()> {
-    let mut alive = true;
+/// Waits for the guest's ready line in its console log after `from` bytes;
+/// fails with the console's last lines if the node gives up on the VM
+/// (state `exited-N` or `stopped`) or time runs out.
+fn wait_ready(hypervisor: &mut Node, from: usize, timeout: Duration) -> Result<()> {
+    let mut state = String::new();
+    let mut last_line = String::new();
     let ready = wait_until(timeout, Duration::from_secs(1), || {
         let probe = hypervisor.exec(
             &format!(
-                "kill -0 $(cat {RUN_DIR}/qemu.pid) || echo EXITED; grep -c {READY_MARKER} {RUN_DIR}/console.log"
+                "cat {RUN_DIR}/state; tail -c +{} {RUN_DIR}/console.log 2>/dev/null | grep -c {READY_MARKER}; \
+                 tail -n 1 {RUN_DIR}/console.log 2>/dev/null",
+                from + 1
             ),
             Duration::from_secs(20),
         );
-        match probe {
-            Ok(output) if output.stdout.contains("EXITED") => {
-                alive = false;
-                true
-            }
-            Ok(output) => output.stdout.trim().parse::<u32>().is_ok_and(|n| n > 0),
-            Err(_) => false,
+        let Ok(output) = probe else { return false };
+        let mut lines = output.stdout.lines();
+        state = lines.next().unwrap_or_default().trim().to_string();
+        let ready = lines
+            .next()
+            .is_some_and(|n| n.trim().parse::<u32>().is_ok_and(|n| n > 0));
+        let line = lines.next().unwrap_or_default().trim().to_string();
+        // A nested firmware boot is slow: say where it is while it goes.
+        if !line.is_empty() && line != last_line {
+            eprintln!("applbuild-test: guest console: {line}");
+            last_line = line;
         }
+        state.starts_with("exited") || state == "stopped" || ready
     });
-    if ready && alive {
+    if ready && !state.starts_with("exited") && state != "stopped" {
         return Ok(());
     }
     let console = hypervisor
         .sh(&format!(
-            "tail -n 30 {RUN_DIR}/console.log; echo '--- qemu.log'; cat {RUN_DIR}/qemu.log"
+            "applbuild-vm list; tail -n 30 {RUN_DIR}/console.log; echo '--- qemu.log'; cat {RUN_DIR}/qemu.log"
         ))
         .unwrap_or_default();
     bail!(
-        "the guest ({accel:?}) {} within {timeout:?}; last console lines:\n{console}",
-        if alive {
-            format!("printed no `{READY_MARKER}`")
-        } else {
-            "QEMU exited".to_string()
-        }
+        "the guest (state `{state}`) printed no `{READY_MARKER}` within {timeout:?}; \
+         last console lines:\n{console}"
     );
 }
 

@@ -40,7 +40,7 @@ use crate::report::{Outcome, ScenarioReport, SuiteReport, TestedImage};
 #[derive(Parser)]
 #[command(name = "applbuild-test", version, verbatim_doc_comment)]
 struct Cli {
-    /// Run only this scenario (repeatable; S1 … S16). The others are
+    /// Run only this scenario (repeatable; S1 … S17). The others are
     /// reported as skipped.
     #[arg(long = "scenario", value_name = "ID")]
     scenarios: Vec<String>,

@@ -22,3 +22,4 @@ pub mod ssh;
 pub mod test_build;
 pub mod uefi;
 pub mod update;
+pub mod vms;

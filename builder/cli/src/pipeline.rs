@@ -259,15 +259,18 @@ impl Project {
 
     /// Overlay layers of a profile, in the order they apply: `common`, then
     /// the folder of each profile of its `extends` chain, the root first, so
-    /// that a per-machine profile gets its role's files, and last, in a test
-    /// build, `test-build`.
+    /// that a per-machine profile gets its role's files, then `vms` if the
+    /// profile declares VMs, and last, in a test build, `test-build`.
     pub fn overlay_layers(&self, loaded: &LoadedProfile) -> Vec<PathBuf> {
+        let vms_layer =
+            (!loaded.profile.vms.is_empty()).then(|| crate::vms::OVERLAY_LAYER.to_string());
         let test_layer = loaded
             .profile
             .test_build
             .then(|| test_build::OVERLAY_LAYER.to_string());
         std::iter::once("common".to_string())
             .chain(loaded.chain().into_iter().rev())
+            .chain(vms_layer)
             .chain(test_layer)
             .map(|name| self.overlay_dir().join(name))
             .collect()
@@ -1322,6 +1325,7 @@ pub(crate) fn assemble(
     }
     crate::ssh::add_files(&mut tree, &loaded.profile, secrets)?;
     crate::console::add_files(&mut tree, &loaded.profile, secrets)?;
+    crate::vms::add_files(&mut tree, &loaded.profile)?;
     let kernel = match tree.get(&modules.vmlinuz).map(|node| &node.kind) {
         Some(EntryKind::File(contents)) => Arc::clone(contents),
         _ => unreachable!("select_modules checked that the kernel image is a file"),
@@ -1633,7 +1637,8 @@ mod tests {
     use super::*;
 
     /// A per-machine profile gets the overlay folders of every profile it
-    /// extends, the root's first and its own last.
+    /// extends, the root's first and its own last, then `vms` (it declares
+    /// VMs), then in a test build `test-build`.
     #[test]
     fn overlay_layers_follow_the_extends_chain() {
         let project_dir = tempfile::tempdir().unwrap();
@@ -1653,8 +1658,22 @@ mod tests {
         let overlay = project.overlay_dir();
         assert_eq!(
             project.overlay_layers(&loaded),
-            ["common", "base", "bare-metal", "hypervisor", "rack7-hv"]
-                .map(|name| overlay.join(name))
+            [
+                "common",
+                "base",
+                "bare-metal",
+                "hypervisor",
+                "rack7-hv",
+                "vms"
+            ]
+            .map(|name| overlay.join(name))
+        );
+        let test_build = loaded.for_test_build();
+        let layers = project.overlay_layers(&test_build);
+        assert_eq!(
+            layers[layers.len() - 2..],
+            ["vms", "test-build"].map(|name| overlay.join(name)),
+            "the test layer comes last"
         );
     }
 }

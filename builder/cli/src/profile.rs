@@ -139,6 +139,9 @@ pub struct Profile {
     /// How `applbuild boot` runs the image in QEMU.
     #[serde(default)]
     pub qemu: QemuSettings,
+    /// The VMs the node runs (`[[vms]]`, docs/vms.md).
+    #[serde(default)]
+    pub vms: Vec<crate::vms::Vm>,
     /// What the image needs on real hardware beyond drivers.
     #[serde(default)]
     pub hardware: Hardware,
@@ -166,6 +169,12 @@ pub const NON_FREE_FIRMWARE: &[&str] =
 pub const DEFAULT_CLUSTER: &str = "default";
 
 impl Profile {
+    /// Whether `packages.include` names `package` (a feature that needs a
+    /// package says so when it is missing).
+    pub fn includes_package(&self, package: &str) -> bool {
+        self.packages.include.iter().any(|name| name == package)
+    }
+
     /// The cluster whose secrets store the profile's secrets come from.
     pub fn cluster(&self) -> &str {
         self.cluster.as_deref().unwrap_or(DEFAULT_CLUSTER)
@@ -1238,6 +1247,7 @@ fn validate(name: &str, profile: &Profile, files: &[PathBuf]) -> Result<(), Prof
     validate_nic_matches(name, &profile.network, files)?;
     validate_guest_isolation(name, profile, files)?;
     validate_ssh(name, profile, files)?;
+    crate::vms::validate(name, profile, files)?;
     if let Some(target) = &profile.target {
         validate_target(target, &fail)?;
     }
@@ -1359,13 +1369,7 @@ fn validate_guest_isolation(
         GuestIsolationMode::Filter if profile.network.bridges.is_empty() => {
             "`filter` filters the node's bridges, and network.bridges lists none".to_string()
         }
-        GuestIsolationMode::Filter
-            if !profile
-                .packages
-                .include
-                .iter()
-                .any(|package| package == NFTABLES_PACKAGE) =>
-        {
+        GuestIsolationMode::Filter if !profile.includes_package(NFTABLES_PACKAGE) => {
             format!(
                 "`filter` loads its ruleset with nft: add `{NFTABLES_PACKAGE}` to packages.include"
             )
@@ -1382,14 +1386,22 @@ fn validate_guest_isolation(
 
 /// A value a refusal points at: its dotted key, the key as written in the
 /// file, and the value.
-struct ValueAt<'a> {
-    key: &'a str,
-    leaf: &'a str,
-    value: &'a str,
+pub(crate) struct ValueAt<'a> {
+    /// The dotted key.
+    pub key: &'a str,
+    /// The key as the file writes it.
+    pub leaf: &'a str,
+    /// The value.
+    pub value: &'a str,
 }
 
 /// A refusal of `at` at the line that sets it, if one is found.
-fn value_error(name: &str, files: &[PathBuf], at: &ValueAt, message: String) -> ProfileError {
+pub(crate) fn value_error(
+    name: &str,
+    files: &[PathBuf],
+    at: &ValueAt,
+    message: String,
+) -> ProfileError {
     match locate_value(files, at.leaf, at.value) {
         Some((path, line)) => ProfileError::Invalid {
             path,
@@ -1432,7 +1444,7 @@ fn validate_ssh(name: &str, profile: &Profile, files: &[PathBuf]) -> Result<(), 
         return Err(fail("ssh.port", "port 0 is not a port to listen on".into()));
     }
     let package = crate::ssh::DROPBEAR_PACKAGE;
-    if !profile.packages.include.iter().any(|p| p == package) {
+    if !profile.includes_package(package) {
         return Err(fail(
             "ssh",
             format!("dropbear serves `[ssh]`: add `{package}` to packages.include"),
@@ -2086,7 +2098,8 @@ fn is_pci_path(text: &str) -> bool {
         && function.chars().all(|c| ('0'..='7').contains(&c))
 }
 
-fn is_mac(text: &str) -> bool {
+/// Whether `text` is a MAC address written as six hex pairs.
+pub(crate) fn is_mac(text: &str) -> bool {
     let parts: Vec<&str> = text.split(':').collect();
     parts.len() == 6
         && parts
@@ -2194,7 +2207,7 @@ mod tests {
     }
 
     /// A per-machine file: only the keys that differ from `hypervisor`.
-    const RACK7_HV: &str = "extends = \"hypervisor\"\n\n[initiator]\nname = \"iqn.2026-12.com.example:rack7-hv\"\n\n[multipath]\nalias = \"rack7\"\n";
+    const RACK7_HV: &str = "extends = \"hypervisor\"\nvms = []\n\n[initiator]\nname = \"iqn.2026-12.com.example:rack7-hv\"\n\n[multipath]\nalias = \"rack7\"\n";
 
     fn with_shipped_profiles() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
@@ -2244,7 +2257,7 @@ mod tests {
             &format!("{RACK7_HV}polling_interval = 2\npolling_intervall = 3\n"),
         );
         let error = load(dir.path(), "rack7-hv").unwrap_err().to_string();
-        assert!(error.contains("rack7-hv.toml:9:"), "{error}");
+        assert!(error.contains("rack7-hv.toml:10:"), "{error}");
         assert!(error.contains("polling_intervall"), "{error}");
 
         write(
@@ -2253,7 +2266,7 @@ mod tests {
             &format!("{RACK7_HV}polling_interval = \"often\"\n"),
         );
         let error = load(dir.path(), "rack7-hv").unwrap_err().to_string();
-        assert!(error.contains("rack7-hv.toml:8:"), "{error}");
+        assert!(error.contains("rack7-hv.toml:9:"), "{error}");
         assert!(error.contains("multipath.polling_interval"), "{error}");
     }
 

@@ -47,10 +47,11 @@ pub fn ready_marker(name: &str) -> String {
     format!("{READY_DIR}/{}", service_id(name))
 }
 
-/// The services init runs for `profile`: its own, plus the guest agent's
-/// in a test build.
+/// The services init runs for `profile`: its own, one per VM it declares,
+/// plus the guest agent's in a test build.
 pub fn profile_services(profile: &Profile) -> BTreeMap<String, Service> {
     let mut services = profile.services.clone();
+    services.extend(crate::vms::services(profile));
     if profile.test_build {
         services.insert(
             GUEST_AGENT_SERVICE.into(),

@@ -1056,7 +1056,7 @@ fn a_per_machine_profile_sets_only_what_differs_from_its_role() {
     let project = shipped_profiles_project();
     fs::write(
         project.path().join("profiles/rack7-hv.toml"),
-        "extends = \"hypervisor\"\n\n[initiator]\nname = \"iqn.2026-12.com.example:rack7-hv\"\n\n[multipath]\nalias = \"rack7\"\n",
+        "extends = \"hypervisor\"\nvms = []\n\n[initiator]\nname = \"iqn.2026-12.com.example:rack7-hv\"\n\n[multipath]\nalias = \"rack7\"\n",
     )
     .unwrap();
     let show = Command::new(env!("CARGO_BIN_EXE_applbuild"))

@@ -15,6 +15,13 @@ pub enum Accel {
     Kvm,
     /// QEMU's software emulator.
     Tcg,
+    /// Chosen by the script that starts QEMU, which appends `-accel kvm
+    /// -cpu host` where `/dev/kvm` opens, else `-accel tcg -cpu max` (a VM
+    /// a node runs, on hardware or nested). Not QEMU's own fallback
+    /// (`-accel kvm -accel tcg`): that needs one CPU model for both, and
+    /// `max` under nested KVM, on QEMU 10's emulated SVM, crashes the outer
+    /// QEMU as soon as OVMF starts (docs/vms.md).
+    ChosenAtStart,
 }
 
 impl Accel {
@@ -22,7 +29,7 @@ impl Accel {
     pub fn timeout_scale(self) -> u32 {
         match self {
             Accel::Kvm => 1,
-            Accel::Tcg => 4,
+            Accel::Tcg | Accel::ChosenAtStart => 4,
         }
     }
 }
@@ -85,14 +92,34 @@ pub struct Nic {
     pub without_rom: bool,
 }
 
-/// How QEMU caches a disk's writes.
+/// How QEMU caches a disk's writes (`cache=` of `-drive`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DiskCache {
     /// Never flushed: throw-away disks of a test run.
     Unsafe,
-    /// Straight to the device (`O_DIRECT`): a disk on a multipath map,
-    /// whose failover the guest should see.
+    /// Straight to the device (`O_DIRECT`, `cache=none`): a disk on a
+    /// multipath map, whose failover the guest should see and whose
+    /// flushes reach the SAN.
     Direct,
+    /// Through the host's page cache, flushed when the guest flushes.
+    Writeback,
+    /// Through the host's page cache, every write flushed.
+    Writethrough,
+    /// `O_DIRECT` and every write flushed.
+    DirectSync,
+}
+
+impl DiskCache {
+    /// The `cache=` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiskCache::Unsafe => "unsafe",
+            DiskCache::Direct => "none",
+            DiskCache::Writeback => "writeback",
+            DiskCache::Writethrough => "writethrough",
+            DiskCache::DirectSync => "directsync",
+        }
+    }
 }
 
 /// One raw virtio disk.
@@ -117,6 +144,12 @@ pub enum Serial {
     Terminal,
     /// A file, headless, no monitor.
     File(PathBuf),
+    /// A pseudo-terminal to attach to (QEMU prints its `/dev/pts` path on
+    /// standard error), everything the guest prints also appended to `log`.
+    Pty {
+        /// The console log.
+        log: PathBuf,
+    },
 }
 
 /// What the VM starts from.
@@ -134,6 +167,23 @@ pub enum BootSource {
     },
     /// UEFI firmware (OVMF) boots a disk image as a server's firmware would.
     Uefi(UefiBoot),
+    /// The firmware boots the first of [`VmSpec::disks`], an installed
+    /// guest's writable disk.
+    FirstDisk(Firmware),
+}
+
+/// The firmware of a VM that boots its own disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Firmware {
+    /// OVMF in two flash chips.
+    Uefi {
+        /// The firmware code, read-only.
+        code: PathBuf,
+        /// The VM's own writable copy of the variable store.
+        vars: PathBuf,
+    },
+    /// SeaBIOS, QEMU's default x86 firmware.
+    Bios,
 }
 
 /// OVMF booting a disk image.
@@ -176,6 +226,10 @@ pub struct VmSpec {
     pub serial: Serial,
     /// QMP socket to create, if any.
     pub qmp_socket: Option<PathBuf>,
+    /// A second QMP monitor on the FIFO pair `<path>.in`/`<path>.out`, made
+    /// beforehand: a shell script without a socket client writes commands
+    /// to it.
+    pub qmp_pipe: Option<PathBuf>,
     /// Guest-agent socket to create, if the image runs the agent.
     pub qga_socket: Option<PathBuf>,
     /// File QEMU writes its process id to once the machine runs.
@@ -201,6 +255,7 @@ impl VmSpec {
             disks: Vec::new(),
             serial: Serial::Stdout,
             qmp_socket: None,
+            qmp_pipe: None,
             qga_socket: None,
             pidfile: None,
             exit_on_reboot: true,
@@ -212,7 +267,10 @@ impl VmSpec {
         let mut args = self.machine_args();
         args.extend(self.boot_args());
         args.extend(self.nics.iter().flat_map(nic_args));
-        args.extend(self.disks.iter().enumerate().flat_map(disk_args));
+        let boots_first_disk = matches!(self.boot, BootSource::FirstDisk(_));
+        for (index, disk) in self.disks.iter().enumerate() {
+            args.extend(disk_args(index, disk, boots_first_disk && index == 0));
+        }
         args.extend(self.control_args());
         args.extend(words(&["-device", "virtio-rng-pci"]));
         args.extend(self.console_args());
@@ -242,6 +300,7 @@ impl VmSpec {
         match self.accel {
             Accel::Kvm => args.extend(words(&["-accel", "kvm", "-cpu", "host"])),
             Accel::Tcg => args.extend(words(&["-accel", "tcg", "-cpu", &self.tcg_cpu])),
+            Accel::ChosenAtStart => {}
         }
         args
     }
@@ -261,6 +320,8 @@ impl VmSpec {
                 args
             }
             BootSource::Uefi(uefi) => uefi_args(uefi),
+            BootSource::FirstDisk(Firmware::Uefi { code, vars }) => pflash_args(code, vars),
+            BootSource::FirstDisk(Firmware::Bios) => Vec::new(),
         }
     }
 
@@ -269,6 +330,11 @@ impl VmSpec {
         if let Some(socket) = &self.qmp_socket {
             args.push("-qmp".into());
             args.push(format!("unix:{},server=on,wait=off", socket.display()));
+        }
+        if let Some(pipe) = &self.qmp_pipe {
+            args.push("-chardev".into());
+            args.push(format!("pipe,id=qmp-pipe,path={}", pipe.display()));
+            args.extend(words(&["-mon", "chardev=qmp-pipe,mode=control"]));
         }
         if let Some(socket) = &self.qga_socket {
             args.push("-chardev".into());
@@ -294,8 +360,24 @@ impl VmSpec {
                 args.push(format!("file:{}", path.display()));
                 args
             }
+            Serial::Pty { log } => {
+                let mut args = words(&["-display", "none", "-monitor", "none", "-chardev"]);
+                args.push(format!(
+                    "pty,id=serial0,logfile={},logappend=on",
+                    log.display()
+                ));
+                args.extend(words(&["-serial", "chardev:serial0"]));
+                args
+            }
         }
     }
+}
+
+/// `word` quoted for a POSIX shell (as [`VmSpec::shell_command`] quotes).
+pub fn shell_quote(word: &str) -> String {
+    shlex::try_quote(word)
+        .expect("a shell word holds no NUL byte")
+        .into_owned()
 }
 
 /// The spec of the KVM probe: `kernel` alone, no init to run, so the guest
@@ -320,14 +402,8 @@ fn uefi_args(uefi: &UefiBoot) -> Vec<String> {
             "driver=cfi.pflash01,property=secure,value=on",
         ]));
     }
+    args.extend(pflash_args(&uefi.code, &uefi.vars));
     args.extend([
-        "-drive".into(),
-        format!(
-            "if=pflash,format=raw,unit=0,readonly=on,file={}",
-            uefi.code.display()
-        ),
-        "-drive".into(),
-        format!("if=pflash,format=raw,unit=1,file={}", uefi.vars.display()),
         "-drive".into(),
         format!(
             "file={},if=none,id=boot,format=raw,readonly=on",
@@ -337,6 +413,19 @@ fn uefi_args(uefi: &UefiBoot) -> Vec<String> {
         "virtio-blk-pci,drive=boot,serial=boot,bootindex=0".into(),
     ]);
     args
+}
+
+/// OVMF's code (read-only) and variables in the two flash chips.
+fn pflash_args(code: &Path, vars: &Path) -> Vec<String> {
+    vec![
+        "-drive".into(),
+        format!(
+            "if=pflash,format=raw,unit=0,readonly=on,file={}",
+            code.display()
+        ),
+        "-drive".into(),
+        format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
+    ]
 }
 
 fn nic_args(nic: &Nic) -> Vec<String> {
@@ -358,20 +447,22 @@ fn nic_args(nic: &Nic) -> Vec<String> {
     vec!["-netdev".into(), netdev, "-device".into(), device]
 }
 
-fn disk_args((index, disk): (usize, &Disk)) -> Vec<String> {
-    let cache = match disk.cache {
-        DiskCache::Unsafe => "unsafe",
-        DiskCache::Direct => "none",
-    };
+/// The disk's drive and virtio device; `boot`: the firmware boots it.
+fn disk_args(index: usize, disk: &Disk, boot: bool) -> Vec<String> {
+    let mut device = format!("virtio-blk-pci,drive=disk{index},serial={}", disk.serial);
+    if boot {
+        device.push_str(",bootindex=0");
+    }
     vec![
         "-drive".into(),
         format!(
-            "file={},if=none,id=disk{index},format=raw,cache={cache},aio=threads,readonly={}",
+            "file={},if=none,id=disk{index},format=raw,cache={},aio=threads,readonly={}",
             disk.path.display(),
+            disk.cache.as_str(),
             if disk.read_only { "on" } else { "off" }
         ),
         "-device".into(),
-        format!("virtio-blk-pci,drive=disk{index},serial={}", disk.serial),
+        device,
     ]
 }
 
@@ -549,5 +640,62 @@ mod tests {
         assert!(args.ends_with("-serial file:/run/vm/console.log"), "{args}");
         let words = shlex::split(&line).unwrap();
         assert_eq!(words[1..], spec.args()[..]);
+    }
+
+    /// A VM a node runs: no accelerator (its script adds it), OVMF booting its writable first
+    /// disk, the console on a logged pty, QMP on a socket and a FIFO pair.
+    #[test]
+    fn an_installed_guest_boots_its_own_disk_through_the_firmware() {
+        let firmware = Firmware::Uefi {
+            code: "/usr/share/OVMF/OVMF_CODE_4M.fd".into(),
+            vars: "/run/vm/OVMF_VARS.fd".into(),
+        };
+        let mut spec = VmSpec::new(
+            "guest",
+            BootSource::FirstDisk(firmware),
+            Accel::ChosenAtStart,
+        );
+        spec.exit_on_reboot = false;
+        spec.disks.push(Disk {
+            path: "/dev/mapper/kvm".into(),
+            serial: "kvm".into(),
+            read_only: false,
+            cache: DiskCache::Writethrough,
+        });
+        spec.serial = Serial::Pty {
+            log: "/run/vm/console.log".into(),
+        };
+        spec.qmp_pipe = Some("/run/vm/qmp-pipe".into());
+        let args = spec.args().join(" ");
+        assert!(!args.contains("-accel") && !args.contains("-cpu"), "{args}");
+        assert!(
+            args.contains("if=pflash,format=raw,unit=1,file=/run/vm/OVMF_VARS.fd"),
+            "{args}"
+        );
+        assert!(
+            args.contains("cache=writethrough,aio=threads,readonly=off -device virtio-blk-pci,drive=disk0,serial=kvm,bootindex=0"),
+            "{args}"
+        );
+        assert!(
+            args.contains(
+                "-chardev pipe,id=qmp-pipe,path=/run/vm/qmp-pipe -mon chardev=qmp-pipe,mode=control"
+            ),
+            "{args}"
+        );
+        assert!(
+            args.ends_with("-chardev pty,id=serial0,logfile=/run/vm/console.log,logappend=on -serial chardev:serial0"),
+            "{args}"
+        );
+        assert!(
+            !args.contains("-kernel") && !args.contains("-no-reboot"),
+            "{args}"
+        );
+        let mut bios = spec.clone();
+        bios.boot = BootSource::FirstDisk(Firmware::Bios);
+        let args = bios.args().join(" ");
+        assert!(
+            !args.contains("pflash") && args.contains("bootindex=0"),
+            "{args}"
+        );
     }
 }

@@ -149,20 +149,6 @@ impl QgaClient {
         self.exec("/bin/sh", &["-c", command], command, timeout)
     }
 
-    /// Runs a shell script in the guest with positional arguments (`$1` …)
-    /// and waits for it; `name` stands for the script in errors and `$0`.
-    pub fn exec_script(
-        &mut self,
-        name: &str,
-        script: &str,
-        args: &[&str],
-        timeout: Duration,
-    ) -> Result<ExecOutput, QgaError> {
-        let mut argv = vec!["-c", script, name];
-        argv.extend_from_slice(args);
-        self.exec("/bin/sh", &argv, name, timeout)
-    }
-
     /// Runs `path` with `args` in the guest and waits for it; `label` names
     /// the command in a timeout error.
     fn exec(

@@ -1,11 +1,12 @@
-//! S13 (CHAP and the initiator ACL) and S14 (the hypervisor reboots and
-//! logs in again by itself).
+//! S13 (CHAP and the initiator ACL) and S14 (the hypervisor reboots, logs
+//! in again and starts its VM by itself).
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 
-use super::{Ctx, ensure_all_sessions, must, session_count, wait_all_paths_up, with_args};
+use super::{Ctx, ensure_all_sessions, io, must, session_count, wait_all_paths_up, with_args};
+use crate::guest::{self, Guest};
 
 /// An IQN outside the storage node's ACL.
 const FOREIGN_IQN: &str = "iqn.2012-09.com.example:intruder";
@@ -239,19 +240,33 @@ fn check_refused_logins(ctx: &mut Ctx, credentials: &Credentials) -> Result<()> 
     Ok(())
 }
 
-/// S14: the hypervisor is power-cycled (guest power-off, new QEMU process
-/// with the same NICs) and comes back with its sessions and the aliased
-/// map, with no step from outside.
+/// The seed of the stream S14 leaves on the guest's data partition.
+const REBOOT_SEED: u64 = 14;
+
+/// S14: the hypervisor is power-cycled (its shutdown powers the VM down
+/// through ACPI; then a new QEMU process with the same NICs) and comes back
+/// with its sessions and the aliased map, and starts its VM again, with no
+/// step from outside; the VM's data partition holds what it wrote before.
 pub fn s14_reboot(ctx: &mut Ctx) -> Result<()> {
-    // The guest VM goes down with its host: stop it first, so its console
-    // is no longer read.
-    if ctx.cluster.guest.take().is_some() {
-        crate::guest::stop(&mut ctx.cluster.hypervisor)?;
-    }
+    let stream = io::pattern(ctx, REBOOT_SEED)?;
+    let device = io::guest_data_device();
+    ctx.cluster.guest_sh(&format!(
+        "dd if={} of={device} bs=1M oflag=direct conv=fsync 2>&1",
+        stream.file
+    ))?;
+    // The VM goes down with its host: its console is no longer read.
+    ctx.cluster.guest = None;
     let timeout = ctx.secs(90);
     let started = Instant::now();
     let ready = ctx.cluster.hypervisor.power_cycle(timeout)?;
     ctx.timing("reboot_to_ready_s", ready);
+    let shutdown = &ctx.cluster.hypervisor.previous_console;
+    let powered_down = format!("vm {}: powered down", guest::GUEST);
+    ensure!(
+        shutdown.contains(&powered_down),
+        "the node's shutdown did not power its VM down (no `{powered_down}` on its console):\n{}",
+        tail(shutdown, 20)
+    );
     let timeout = ctx.secs(90);
     let paths = wait_all_paths_up(ctx, started, timeout)?;
     ctx.timing("reboot_to_paths_s", paths);
@@ -266,5 +281,32 @@ pub fn s14_reboot(ctx: &mut Ctx) -> Result<()> {
         "no map {} after the reboot:\n{maps}",
         ctx.facts.alias
     );
+    vm_started_again(ctx, started, &stream.sha256)
+}
+
+/// After the reboot the node starts the VM by itself (its console log
+/// starts empty with the node's /run) and the data partition verifies.
+fn vm_started_again(ctx: &mut Ctx, since: Instant, sha256: &str) -> Result<()> {
+    let scale = ctx.cluster.scale();
+    let loaded = ctx.cluster.guest_profile.clone();
+    let guest = Guest::wait_started(&mut ctx.cluster.hypervisor, &loaded, 0, scale)
+        .context("the VM after the node's reboot")?;
+    ctx.timing("reboot_to_guest_ready_s", since.elapsed().as_secs_f64());
+    ctx.cluster.guest = Some(guest);
+    let device = io::guest_data_device();
+    let read = ctx.cluster.guest_sh(&format!(
+        "dd if={device} bs=1M count={} iflag=direct 2>/dev/null | sha256sum",
+        io::PATTERN_MIB
+    ))?;
+    ensure!(
+        read.split_whitespace().next() == Some(sha256),
+        "after the reboot the guest's {device} reads {read}, it wrote {sha256} before"
+    );
     Ok(())
+}
+
+/// The last `lines` lines of `text`.
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }

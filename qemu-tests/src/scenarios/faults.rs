@@ -120,7 +120,7 @@ fn detection_limit(ctx: &Ctx) -> f64 {
 fn stall_limit(ctx: &Ctx) -> f64 {
     match ctx.cluster.accel {
         applbuild_vm::qemu::Accel::Kvm => AIM_S,
-        applbuild_vm::qemu::Accel::Tcg => AIM_S + 2.0,
+        applbuild_vm::qemu::Accel::Tcg | applbuild_vm::qemu::Accel::ChosenAtStart => AIM_S + 2.0,
     }
 }
 

@@ -34,7 +34,7 @@ pub struct Scenario {
 
 /// Every scenario, in the order they run.
 pub fn all() -> Vec<Scenario> {
-    let table: [(&'static str, &'static str, ScenarioFn); 16] = [
+    let table: [(&'static str, &'static str, ScenarioFn); 17] = [
         ("S1", "storage node up", basic::s1_storage_up),
         ("S2", "discovery", basic::s2_discovery),
         ("S3", "login", basic::s3_login),
@@ -68,6 +68,7 @@ pub fn all() -> Vec<Scenario> {
             isolation::s15_guests_off_the_san,
         ),
         ("S16", "operator access", operator::s16_operator_access),
+        ("S17", "VM restarted by the node", vm::s17_vm_restarted),
     ];
     table
         .into_iter()

@@ -9,16 +9,24 @@ use super::{Ctx, must, wait_all_paths_up};
 use crate::guest::{self, Guest, GuestAccel};
 use crate::waits::wait_for;
 
-/// Installs the guest image on the map and boots it; records the timings.
+/// Installs the guest image onto the map with the node's `applbuild-vm
+/// install`, checks the copy against the image's manifest, and waits for
+/// the node to start the VM; records the timings.
 fn install_and_boot(ctx: &mut Ctx) -> Result<()> {
     ctx.cluster.guest = None;
-    guest::stop(&mut ctx.cluster.hypervisor)?;
     let alias = ctx.facts.alias.clone();
-    let install = guest::install(&mut ctx.cluster.hypervisor, &alias)?;
-    ctx.timing("install_s", install);
+    let console_from = guest::console_len(&mut ctx.cluster.hypervisor)?;
+    let installed = guest::install(&mut ctx.cluster.hypervisor, &alias)?;
+    ctx.timing("install_s", installed.seconds);
+    let (image_sha256, _) = image_sha256(ctx)?;
+    ensure!(
+        installed.sha256 == image_sha256,
+        "the map holds {} after the install, the guest image is {image_sha256}",
+        installed.sha256
+    );
     let scale = ctx.cluster.scale();
     let loaded = ctx.cluster.guest_profile.clone();
-    let guest = Guest::boot(&mut ctx.cluster.hypervisor, &loaded, &alias, scale)?;
+    let guest = Guest::wait_started(&mut ctx.cluster.hypervisor, &loaded, console_from, scale)?;
     ctx.timing("guest_boot_to_ready_s", guest.boot_to_ready_s);
     ctx.timing(
         "guest_kvm",
@@ -45,30 +53,39 @@ pub fn ensure_guest(ctx: &mut Ctx) -> Result<()> {
     install_and_boot(ctx).context("starting the guest VM (as S6 does)")
 }
 
-/// S6: the guest image is written onto `/dev/mapper/<alias>`, QEMU in the
-/// hypervisor node boots it from the map's partitions with the whole map as
-/// its disk and its NIC on br0; the guest sees the LUN as its disk and
-/// reaches both nodes over the bridge.
+/// S6: the guest's UEFI disk image is installed onto `/dev/mapper/<alias>`
+/// with `applbuild-vm install`; the node starts its VM `guest` by itself
+/// (hypervisor.toml's [[vms]]), OVMF boots the map, the VM's NIC is on br0;
+/// the guest sees the LUN as its disk and reaches both nodes over the
+/// bridge.
 pub fn s6_vm_on_multipath_disk(ctx: &mut Ctx) -> Result<()> {
     let started = Instant::now();
     let timeout = ctx.secs(60);
     wait_all_paths_up(ctx, started, timeout)?;
     install_and_boot(ctx)?;
-    let alias = ctx.facts.alias.clone();
 
-    // Installed on the map: partition 1 holds the guest's kernel.
-    let expected = kernel_sha256(ctx)?;
-    let on_map = must(
+    // The node runs it as the profile says: its service, its QMP socket.
+    let listed = must(
         &mut ctx.cluster.hypervisor,
         &format!(
-            "head -c {} {} | sha256sum",
-            expected.1,
-            guest::map_partition(&alias, 1)
+            "applbuild-vm list; test -S {}/qmp.sock && echo qmp-socket",
+            guest::RUN_DIR
         ),
     )?;
+    ctx.keep("applbuild-vm list", &listed);
     ensure!(
-        on_map.starts_with(&expected.0),
-        "partition 1 of the map does not hold the guest's kernel: {on_map}"
+        listed
+            .lines()
+            .any(|line| line.starts_with(guest::GUEST) && line.contains(" running ")),
+        "the node does not list its VM as running:\n{listed}"
+    );
+    ensure!(listed.contains("qmp-socket"), "no QMP socket:\n{listed}");
+    let booted = ctx
+        .cluster
+        .guest_sh("test -d /sys/firmware/efi && echo uefi")?;
+    ensure!(
+        booted.contains("uefi"),
+        "the guest did not boot through UEFI: {booted}"
     );
 
     // The guest's disk is the whole LUN, its data partition is there.
@@ -102,7 +119,7 @@ pub fn s6_vm_on_multipath_disk(ctx: &mut Ctx) -> Result<()> {
 fn check_guest_network(ctx: &mut Ctx) -> Result<()> {
     let ports = must(&mut ctx.cluster.hypervisor, "ip -o link show master br0")?;
     ensure!(
-        ports.contains(" vm0"),
+        ports.contains(" vm0n0"),
         "the guest's tap is not on br0:\n{ports}"
     );
     let guest_ip = ctx.cluster.guest.as_ref().expect("booted").ip.clone();
@@ -148,15 +165,54 @@ fn check_guest_network(ctx: &mut Ctx) -> Result<()> {
     Ok(())
 }
 
-/// The guest kernel's SHA256 and size, from its image's manifest.
-fn kernel_sha256(ctx: &Ctx) -> Result<(String, u64)> {
+/// The guest disk image's SHA256 and size, from its manifest.
+fn image_sha256(ctx: &Ctx) -> Result<(String, u64)> {
     let manifest = ctx.cluster.images.join(guest::GUEST);
     let manifest = applbuild_image::manifest::Manifest::read(&manifest)
         .with_context(|| format!("no manifest in {}", manifest.display()))?;
+    let file = format!("{}.img", guest::GUEST);
     let artifact = manifest
         .artifacts
         .iter()
-        .find(|artifact| artifact.file == "vmlinuz")
-        .context("the guest manifest lists no vmlinuz")?;
+        .find(|artifact| artifact.file == file)
+        .with_context(|| format!("the guest manifest lists no {file}"))?;
     Ok((artifact.sha256.clone(), artifact.size))
+}
+
+/// S17: the VM's QEMU is killed; the node starts it again by itself (its
+/// restart policy, `on-failure`), counts the restart, and the guest answers.
+pub fn s17_vm_restarted(ctx: &mut Ctx) -> Result<()> {
+    ensure_guest(ctx)?;
+    let old_pid = ctx.cluster.guest.as_ref().expect("ensured").qemu_pid;
+    let restarts = |ctx: &mut Ctx| -> Result<u32> {
+        let text = must(
+            &mut ctx.cluster.hypervisor,
+            &format!("cat {}/restarts", guest::RUN_DIR),
+        )?;
+        text.trim().parse().context("the VM's restart count")
+    };
+    let before = restarts(ctx)?;
+    let console_from = guest::console_len(&mut ctx.cluster.hypervisor)?;
+    must(&mut ctx.cluster.hypervisor, &format!("kill -9 {old_pid}"))?;
+    ctx.cluster.guest = None;
+    let started = Instant::now();
+    let scale = ctx.cluster.scale();
+    let loaded = ctx.cluster.guest_profile.clone();
+    let guest = Guest::wait_started(&mut ctx.cluster.hypervisor, &loaded, console_from, scale)
+        .context("the VM after its QEMU was killed")?;
+    ctx.timing("kill_to_guest_ready_s", started.elapsed().as_secs_f64());
+    let new_pid = guest.qemu_pid;
+    ctx.cluster.guest = Some(guest);
+    ensure!(
+        new_pid != old_pid,
+        "the VM still runs in the killed QEMU {old_pid}"
+    );
+    let after = restarts(ctx)?;
+    ensure!(
+        after == before + 1,
+        "the node counts {after} restarts after one kill, {before} before"
+    );
+    let listed = must(&mut ctx.cluster.hypervisor, "applbuild-vm list")?;
+    ctx.keep("applbuild-vm list after the restart", &listed);
+    Ok(())
 }
