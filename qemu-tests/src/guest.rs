@@ -236,9 +236,9 @@ fn wait_ready(hypervisor: &mut Node, from: usize, timeout: Duration) -> Result<(
     let ready = wait_until(timeout, Duration::from_secs(1), || {
         let probe = hypervisor.exec(
             &format!(
-                "cat {RUN_DIR}/state; tail -c +{} {RUN_DIR}/console.log 2>/dev/null | grep -c {READY_MARKER}; \
-                 tail -n 1 {RUN_DIR}/console.log 2>/dev/null",
-                from + 1
+                "cat {RUN_DIR}/state; tail -c +{start} {RUN_DIR}/console.log 2>/dev/null | grep -c {READY_MARKER}; \
+                 tail -c +{start} {RUN_DIR}/console.log 2>/dev/null | tail -n 1",
+                start = from + 1
             ),
             Duration::from_secs(20),
         );

@@ -430,7 +430,7 @@ pub(crate) mod tests {
     }
 
     /// What shellcheck finds in a dash script, if anything.
-    fn shellcheck(text: &str) -> Option<String> {
+    pub(crate) fn shellcheck(text: &str) -> Option<String> {
         let mut child = Command::new("shellcheck")
             .args(["--shell=dash", "-"])
             .stdin(Stdio::piped())

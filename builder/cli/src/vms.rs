@@ -487,10 +487,10 @@ pub fn add_files(tree: &mut RootfsTree, profile: &Profile) -> Result<(), RootfsE
 #[cfg(test)]
 mod tests {
     use std::path::Path;
-    use std::process::{Command, Stdio};
 
     use super::*;
     use crate::profile;
+    use crate::services::tests::shellcheck;
 
     fn profiles() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../profiles")
@@ -514,24 +514,6 @@ mod tests {
         format!(
             "[[vms]]\nname = \"web\"\ndisk = \"kvm\"\nnics = [{{ bridge = \"br0\", mac = \"52:54:00:00:0c:01\" }}]\n{extra}"
         )
-    }
-
-    fn shellcheck(text: &str) -> Option<String> {
-        let mut child = Command::new("shellcheck")
-            .args(["--shell=dash", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("shellcheck runs (scripts/host-setup installs it)");
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-        let output = child.wait_with_output().unwrap();
-        (!output.status.success()).then(|| String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
     #[test]
