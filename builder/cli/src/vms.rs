@@ -486,7 +486,9 @@ pub fn add_files(tree: &mut RootfsTree, profile: &Profile) -> Result<(), RootfsE
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::process::CommandExt;
     use std::path::Path;
+    use std::process::Command;
 
     use super::*;
     use crate::profile;
@@ -744,5 +746,124 @@ mod tests {
         );
         assert!(error.contains("key `vms[0].firmware`"), "{error}");
         load(profile("\"busybox\", \"qemu-system-x86\"", "bios")).unwrap();
+    }
+
+    /// A folder in which the real `vm-run` runs under dash: a conf file
+    /// whose `run_qemu` is a stand-in exiting with the statuses of
+    /// `exits` in turn, a bootable disk file on a map that a stand-in
+    /// `multipathd` reports active, and a console file.
+    struct VmRunRoot {
+        dir: tempfile::TempDir,
+    }
+
+    impl VmRunRoot {
+        fn new(restart: &str, exits: &[u8]) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let path = |name: &str| dir.path().join(name);
+            let mut disk = vec![0u8; 512];
+            disk[510..].copy_from_slice(&[0x55, 0xaa]);
+            std::fs::write(path("disk"), disk).unwrap();
+            std::fs::create_dir(path("bin")).unwrap();
+            let fake = |name: &str, body: &str| {
+                let file = path("bin").join(name);
+                std::fs::write(&file, format!("#!/bin/sh\n{body}\n")).unwrap();
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o755)).unwrap();
+            };
+            fake("multipathd", "echo 'lun active'");
+            fake("dmesg", "echo 'Hypervisor detected: KVM'");
+            let statuses: Vec<String> = exits.iter().map(u8::to_string).collect();
+            std::fs::write(path("exits"), statuses.join("\n") + "\n").unwrap();
+            let conf = format!(
+                "run_dir={run}\ndisk={disk}\nmap=lun\nautostart=yes\nrestart={restart}\n\
+                 stop_timeout=5\ntaps=''\nvars_template=''\n\
+                 run_qemu() {{\n  exec sh -c 'n=$(head -n 1 {exits}); sed -i 1d {exits}; \
+                 echo \"$*\" >> {args}; exit ${{n:-0}}' qemu \"$@\"\n}}\n",
+                run = path("run").display(),
+                disk = path("disk").display(),
+                exits = path("exits").display(),
+                args = path("args").display(),
+            );
+            std::fs::write(path("vm.conf"), conf).unwrap();
+            std::fs::write(path("console"), "").unwrap();
+            Self { dir }
+        }
+
+        fn file(&self, name: &str) -> String {
+            std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default()
+        }
+
+        /// Runs `vm-run vm` until the state is `state` (at most 15 s),
+        /// stops it and returns the console.
+        fn run_until(&self, state: &str) -> String {
+            let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../rootfs-overlay/vms/usr/lib/applbuild/vm-run");
+            let path = format!(
+                "{}:{}",
+                self.dir.path().join("bin").display(),
+                std::env::var("PATH").unwrap()
+            );
+            // Its own process group: the console-linking subshell goes too.
+            let mut child = Command::new("dash")
+                .process_group(0)
+                .arg(script)
+                .arg("vm")
+                .env("APPLBUILD_PATH", path)
+                .env("APPLBUILD_VM_CONF_DIR", self.dir.path())
+                .env("APPLBUILD_CONSOLE", self.dir.path().join("console"))
+                .spawn()
+                .expect("dash runs (scripts/host-setup installs it)");
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+            while self.file("run/state").trim() != state && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            let group = format!("-{}", child.id());
+            Command::new("kill")
+                .args(["-KILL", "--", &group])
+                .status()
+                .unwrap();
+            child.wait().unwrap();
+            let console = self.file("console");
+            assert_eq!(self.file("run/state").trim(), state, "{console}");
+            console
+        }
+    }
+
+    #[test]
+    fn on_failure_restarts_a_crashed_vm_and_holds_one_that_powered_off() {
+        let root = VmRunRoot::new("on-failure", &[137, 0]);
+        let console = root.run_until("exited-0");
+        assert_eq!(root.file("run/restarts").trim(), "1", "{console}");
+        assert!(
+            console.contains(
+                "QEMU exited with status 137; starting it again in 1 s (restart = on-failure)"
+            ),
+            "{console}"
+        );
+        assert!(root.dir.path().join("run/held").exists(), "{console}");
+        // Both starts had KVM, as on a node under a hypervisor the kernel knows.
+        assert_eq!(root.file("args").matches("-accel kvm -cpu host").count(), 2);
+    }
+
+    #[test]
+    fn never_holds_a_vm_after_its_first_exit() {
+        let root = VmRunRoot::new("never", &[3]);
+        let console = root.run_until("exited-3");
+        assert_eq!(root.file("run/restarts").trim(), "0", "{console}");
+        assert!(
+            console.contains("vm vm: running") && !console.contains("starting it again"),
+            "{console}"
+        );
+    }
+
+    #[test]
+    fn a_blank_disk_is_waited_on() {
+        let root = VmRunRoot::new("always", &[]);
+        std::fs::write(root.dir.path().join("disk"), vec![0u8; 512]).unwrap();
+        let console = root.run_until("waiting-for-os");
+        assert!(
+            root.file("args").is_empty(),
+            "QEMU started on a blank disk: {console}"
+        );
     }
 }
