@@ -30,7 +30,7 @@ use crate::guest::GUEST;
 use crate::report::{Outcome, ScenarioReport, SuiteReport, TestedImage};
 
 /// Failover acceptance suite for the applbuild storage and hypervisor
-/// images: S1–S16 of docs/acceptance.md, run in order on one booted cluster.
+/// images: S1–S17 of docs/acceptance.md, run in order on one booted cluster.
 ///
 /// Examples:
 ///   applbuild-test                                  # every scenario

@@ -38,7 +38,7 @@ impl Outcome {
 /// One scenario's result.
 #[derive(Debug, Clone, Serialize)]
 pub struct ScenarioReport {
-    /// `S1` … `S16`.
+    /// `S1` … `S17`.
     pub id: String,
     /// What it proves.
     pub title: String,
