@@ -233,7 +233,13 @@ fn guest_ip(loaded: &LoadedProfile) -> Result<String> {
 fn wait_ready(hypervisor: &mut Node, from: usize, timeout: Duration) -> Result<()> {
     let mut state = String::new();
     let mut last_line = String::new();
+    let mut node_exited = false;
     let ready = wait_until(timeout, Duration::from_secs(1), || {
+        // A node whose QEMU died answers no probe: say so at once.
+        if hypervisor.vm.has_exited() {
+            node_exited = true;
+            return true;
+        }
         let probe = hypervisor.exec(
             &format!(
                 "cat {RUN_DIR}/state; tail -c +{start} {RUN_DIR}/console.log 2>/dev/null | grep -c {READY_MARKER}; \
@@ -256,6 +262,15 @@ fn wait_ready(hypervisor: &mut Node, from: usize, timeout: Duration) -> Result<(
         }
         state.starts_with("exited") || state == "stopped" || ready
     });
+    if node_exited {
+        let console = hypervisor.vm.console();
+        let tail: Vec<&str> = console.lines().rev().take(15).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        bail!(
+            "the hypervisor node's QEMU exited while its guest booted; its console ends:\n{}",
+            tail.join("\n")
+        );
+    }
     if ready && !state.starts_with("exited") && state != "stopped" {
         return Ok(());
     }
