@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 
-use super::{Ctx, ensure_all_sessions, io, must, session_count, wait_all_paths_up, with_args};
+use super::{Ctx, ensure_all_sessions, io, must, wait_all_paths_up, with_args};
 use crate::guest::{self, Guest};
 
 /// An IQN outside the storage node's ACL.
@@ -230,14 +230,7 @@ fn check_refused_logins(ctx: &mut Ctx, credentials: &Credentials) -> Result<()> 
         code != 0,
         "a target with the wrong mutual secret was accepted:\n{output}"
     );
-    let target = ctx.facts.target.clone();
-    let after = session_count(&mut ctx.cluster.hypervisor, &target)?;
-    ensure!(
-        after == ctx.facts.paths(),
-        "{after} sessions after the refused logins, expected {}",
-        ctx.facts.paths()
-    );
-    Ok(())
+    ensure_all_sessions(ctx).context("after the refused logins")
 }
 
 /// The seed of the stream S14 leaves on the guest's data partition.
