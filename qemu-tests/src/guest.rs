@@ -112,14 +112,45 @@ pub fn stop(hypervisor: &mut Node) -> Result<()> {
     Ok(())
 }
 
-/// The node's view of the VM: its state word and QEMU's pid, if it runs.
-pub fn state(hypervisor: &mut Node) -> Result<(String, Option<u32>)> {
+/// What the node's `vm-run` says about the VM in its run folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmStatus {
+    /// The state word (`running`, `waiting-for-os`, `exited-1`…).
+    pub state: String,
+    /// QEMU's pid while it runs.
+    pub pid: Option<u32>,
+    /// The accelerator of QEMU's last start.
+    pub accel: Option<GuestAccel>,
+    /// Restarts since the node booted.
+    pub restarts: u32,
+}
+
+/// Reads the VM's state, pid, accelerator and restart count at once.
+pub fn status(hypervisor: &mut Node) -> Result<VmStatus> {
     let text = hypervisor.sh(&format!(
-        "cat {RUN_DIR}/state; cat {RUN_DIR}/pid 2>/dev/null || true"
+        "cd {RUN_DIR} && for f in state pid accel restarts; do echo \"$(cat $f 2>/dev/null)\"; done"
     ))?;
-    let mut lines = text.lines();
-    let state = lines.next().unwrap_or_default().trim().to_string();
-    Ok((state, lines.next().and_then(|pid| pid.trim().parse().ok())))
+    Ok(parse_status(&text))
+}
+
+/// [`VmStatus`] from the four lines `state`, `pid`, `accel`, `restarts`
+/// (an empty line: no such file).
+fn parse_status(text: &str) -> VmStatus {
+    let mut lines = text.lines().map(str::trim);
+    let mut next = || lines.next().unwrap_or_default();
+    let state = next().to_string();
+    let pid = next().parse().ok();
+    let accel = match next() {
+        "kvm" => Some(GuestAccel::Kvm),
+        "tcg" => Some(GuestAccel::Tcg),
+        _ => None,
+    };
+    VmStatus {
+        state,
+        pid,
+        accel,
+        restarts: next().parse().unwrap_or_default(),
+    }
 }
 
 /// How many bytes the VM's console log holds (0 before its first start).
@@ -146,17 +177,16 @@ impl Guest {
         let started = Instant::now();
         // Firmware, systemd-boot and the guest's kernel: several times slower nested.
         wait_ready(hypervisor, console_from, scale.secs(240))?;
-        let (_, pid) = state(hypervisor)?;
-        // vm-run writes the accelerator it started QEMU with.
-        let accel = match hypervisor.sh(&format!("cat {RUN_DIR}/accel"))?.trim() {
-            "kvm" => GuestAccel::Kvm,
-            _ => GuestAccel::Tcg,
-        };
+        let status = status(hypervisor)?;
         let guest = Self {
             ip,
-            accel,
+            accel: status
+                .accel
+                .context("the guest is ready and the node names no accelerator")?,
             boot_to_ready_s: started.elapsed().as_secs_f64(),
-            qemu_pid: pid.context("the guest is ready and the node names no QEMU pid")?,
+            qemu_pid: status
+                .pid
+                .context("the guest is ready and the node names no QEMU pid")?,
             console_scanned: console_from,
         };
         let output = guest.exec(hypervisor, "echo control-ok", Duration::from_secs(30))?;
@@ -322,6 +352,30 @@ mod tests {
         let reply = parse_reply("1+0 records in\n1\n@@status 0\n").unwrap();
         assert_eq!(reply.exit_code, 0);
         assert_eq!(reply.stdout, "1+0 records in\n1");
+    }
+
+    #[test]
+    fn the_status_reads_the_files_vm_run_writes() {
+        let running = parse_status("running\n829\nkvm\n2\n");
+        assert_eq!(running.state, "running");
+        assert_eq!(running.pid, Some(829));
+        assert_eq!(running.accel, Some(GuestAccel::Kvm));
+        assert_eq!(running.restarts, 2);
+        let waiting = parse_status("waiting-for-os\n\n\n0\n");
+        assert_eq!((waiting.pid, waiting.accel), (None, None));
+    }
+
+    /// The suite's run folder is the one the build gives the hypervisor's
+    /// VM of that name.
+    #[test]
+    fn the_run_folder_is_the_profiles_vm() {
+        let profiles = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles");
+        let hypervisor = applbuild::profile::load(&profiles, "hypervisor").unwrap();
+        let vm = hypervisor.profile.vms.iter().find(|vm| vm.name == GUEST);
+        assert_eq!(
+            vm.map(applbuild::vms::Vm::run_dir).as_deref(),
+            Some(RUN_DIR)
+        );
     }
 
     #[test]

@@ -184,14 +184,7 @@ fn image_sha256(ctx: &Ctx) -> Result<(String, u64)> {
 pub fn s17_vm_restarted(ctx: &mut Ctx) -> Result<()> {
     ensure_guest(ctx)?;
     let old_pid = ctx.cluster.guest.as_ref().expect("ensured").qemu_pid;
-    let restarts = |ctx: &mut Ctx| -> Result<u32> {
-        let text = must(
-            &mut ctx.cluster.hypervisor,
-            &format!("cat {}/restarts", guest::RUN_DIR),
-        )?;
-        text.trim().parse().context("the VM's restart count")
-    };
-    let before = restarts(ctx)?;
+    let before = guest::status(&mut ctx.cluster.hypervisor)?.restarts;
     let console_from = guest::console_len(&mut ctx.cluster.hypervisor)?;
     must(&mut ctx.cluster.hypervisor, &format!("kill -9 {old_pid}"))?;
     ctx.cluster.guest = None;
@@ -207,7 +200,7 @@ pub fn s17_vm_restarted(ctx: &mut Ctx) -> Result<()> {
         new_pid != old_pid,
         "the VM still runs in the killed QEMU {old_pid}"
     );
-    let after = restarts(ctx)?;
+    let after = guest::status(&mut ctx.cluster.hypervisor)?.restarts;
     ensure!(
         after == before + 1,
         "the node counts {after} restarts after one kill, {before} before"
