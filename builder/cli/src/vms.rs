@@ -793,6 +793,26 @@ mod tests {
             std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default()
         }
 
+        /// Runs the image's `applbuild-vm` with `args` on this folder's VM.
+        fn applbuild_vm(&self, args: &[&str]) -> std::process::Output {
+            let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../rootfs-overlay/vms/usr/sbin/applbuild-vm");
+            Command::new("dash")
+                .arg(script)
+                .args(args)
+                .env("APPLBUILD_PATH", std::env::var("PATH").unwrap())
+                .env("APPLBUILD_VM_CONF_DIR", self.dir.path())
+                .output()
+                .expect("dash runs (scripts/host-setup installs it)")
+        }
+
+        /// Writes `text` into the run folder's file `name`.
+        fn set(&self, name: &str, text: &str) {
+            let run = self.dir.path().join("run");
+            std::fs::create_dir_all(&run).unwrap();
+            std::fs::write(run.join(name), text).unwrap();
+        }
+
         /// Runs `vm-run vm` until the state is `state` (at most 15 s),
         /// stops it and returns the console.
         fn run_until(&self, state: &str) -> String {
@@ -864,6 +884,73 @@ mod tests {
         assert!(
             root.file("args").is_empty(),
             "QEMU started on a blank disk: {console}"
+        );
+    }
+
+    #[test]
+    fn an_accelerator_asked_for_is_the_one_qemu_gets() {
+        let root = VmRunRoot::new("never", &[0]);
+        root.set("restarts", "0\n");
+        root.set("accel-wanted", "tcg\n");
+        root.run_until("exited-0");
+        assert!(
+            root.file("args").contains("-accel tcg -cpu max"),
+            "{}",
+            root.file("args")
+        );
+        assert_eq!(root.file("run/accel").trim(), "tcg");
+    }
+
+    #[test]
+    fn applbuild_vm_lists_starts_stops_and_sets_the_accelerator() {
+        let root = VmRunRoot::new("never", &[]);
+        root.set("state", "exited-3\n");
+        root.set("held", "");
+        root.set("restarts", "2\n");
+        root.set("accel", "kvm\n");
+        let text = |output: std::process::Output| {
+            assert!(output.status.success(), "{output:?}");
+            String::from_utf8(output.stdout).unwrap()
+        };
+        let list = text(root.applbuild_vm(&["list"]));
+        let line = list
+            .lines()
+            .find(|line| line.starts_with("vm "))
+            .unwrap_or_default();
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let disk = root.dir.path().join("disk");
+        assert_eq!(
+            words,
+            ["vm", "exited-3", "-", "kvm", "2", disk.to_str().unwrap()],
+            "{list}"
+        );
+
+        let refused = root.applbuild_vm(&["accel", "vm", "fast"]);
+        assert!(!refused.status.success());
+        assert!(
+            String::from_utf8_lossy(&refused.stderr).contains("accel is kvm or tcg, not 'fast'")
+        );
+        assert_eq!(
+            text(root.applbuild_vm(&["accel", "vm", "tcg"])),
+            "vm: tcg from its next start\n"
+        );
+        assert_eq!(root.file("run/accel-wanted"), "tcg\n");
+
+        let started = text(root.applbuild_vm(&["start", "vm"]));
+        assert_eq!(started, "vm: started (state: exited-3)\n");
+        assert!(!root.dir.path().join("run/held").exists());
+        assert_eq!(
+            text(root.applbuild_vm(&["stop", "vm"])),
+            "vm: not running\n"
+        );
+        assert!(
+            root.dir.path().join("run/held").exists(),
+            "a stop holds the VM"
+        );
+
+        let unknown = root.applbuild_vm(&["start", "db"]);
+        assert!(
+            String::from_utf8_lossy(&unknown.stderr).contains("no VM db (the profile's VMs: vm")
         );
     }
 }
