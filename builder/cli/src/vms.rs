@@ -750,14 +750,15 @@ mod tests {
 
     /// A folder in which the real `vm-run` runs under dash: a conf file
     /// whose `run_qemu` is a stand-in exiting with the statuses of
-    /// `exits` in turn, a bootable disk file on a map that a stand-in
+    /// `exits` in turn (`stuck`: it says "KVM internal error" and stays
+    /// up, as QEMU does with a paused guest), a bootable disk file on a map that a stand-in
     /// `multipathd` reports active, and a console file.
     struct VmRunRoot {
         dir: tempfile::TempDir,
     }
 
     impl VmRunRoot {
-        fn new(restart: &str, exits: &[u8]) -> Self {
+        fn new(restart: &str, exits: &[&str]) -> Self {
             let dir = tempfile::tempdir().unwrap();
             let path = |name: &str| dir.path().join(name);
             let mut disk = vec![0u8; 512];
@@ -772,13 +773,13 @@ mod tests {
             };
             fake("multipathd", "echo 'lun active'");
             fake("dmesg", "echo 'Hypervisor detected: KVM'");
-            let statuses: Vec<String> = exits.iter().map(u8::to_string).collect();
-            std::fs::write(path("exits"), statuses.join("\n") + "\n").unwrap();
+            std::fs::write(path("exits"), exits.join("\n") + "\n").unwrap();
             let conf = format!(
                 "run_dir={run}\ndisk={disk}\nmap=lun\nautostart=yes\nrestart={restart}\n\
                  stop_timeout=5\ntaps=''\nvars_template=''\n\
                  run_qemu() {{\n  exec sh -c 'n=$(head -n 1 {exits}); sed -i 1d {exits}; \
-                 echo \"$*\" >> {args}; exit ${{n:-0}}' qemu \"$@\"\n}}\n",
+                 echo \"$*\" >> {args}; [ \"$n\" != stuck ] || {{ echo KVM internal error >&2; \
+                 exec sleep 60; }}; exit ${{n:-0}}' qemu \"$@\"\n}}\n",
                 run = path("run").display(),
                 disk = path("disk").display(),
                 exits = path("exits").display(),
@@ -851,7 +852,7 @@ mod tests {
 
     #[test]
     fn on_failure_restarts_a_crashed_vm_and_holds_one_that_powered_off() {
-        let root = VmRunRoot::new("on-failure", &[137, 0]);
+        let root = VmRunRoot::new("on-failure", &["137", "0"]);
         let console = root.run_until("exited-0");
         assert_eq!(root.file("run/restarts").trim(), "1", "{console}");
         assert!(
@@ -867,7 +868,7 @@ mod tests {
 
     #[test]
     fn never_holds_a_vm_after_its_first_exit() {
-        let root = VmRunRoot::new("never", &[3]);
+        let root = VmRunRoot::new("never", &["3"]);
         let console = root.run_until("exited-3");
         assert_eq!(root.file("run/restarts").trim(), "0", "{console}");
         assert!(
@@ -889,7 +890,7 @@ mod tests {
 
     #[test]
     fn an_accelerator_asked_for_is_the_one_qemu_gets() {
-        let root = VmRunRoot::new("never", &[0]);
+        let root = VmRunRoot::new("never", &["0"]);
         root.set("restarts", "0\n");
         root.set("accel-wanted", "tcg\n");
         root.run_until("exited-0");
@@ -952,5 +953,17 @@ mod tests {
         assert!(
             String::from_utf8_lossy(&unknown.stderr).contains("no VM db (the profile's VMs: vm")
         );
+    }
+
+    #[test]
+    fn a_qemu_stuck_on_a_kvm_internal_error_is_restarted() {
+        let root = VmRunRoot::new("on-failure", &["stuck", "0"]);
+        let console = root.run_until("exited-0");
+        assert!(
+            console.contains("KVM internal error (qemu.log): stopping QEMU"),
+            "{console}"
+        );
+        assert!(console.contains("QEMU exited with status 137"), "{console}");
+        assert_eq!(root.file("run/restarts").trim(), "1", "{console}");
     }
 }
