@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::boot_phases::{BootPhase, boot_phases};
 use crate::profile::{Check, LoadedProfile};
 use applbuild_rootfs::templates::{Renderer, TemplateError};
 use applbuild_vm::console::{fatal_lines, not_ready_detail};
@@ -166,6 +167,9 @@ pub struct BootReport {
     pub boot_to_ready_seconds: f64,
     /// The guest's own uptime when it printed the ready line.
     pub guest_uptime_seconds: Option<f64>,
+    /// Where the time until the ready line went (empty without the
+    /// guest's uptime).
+    pub phases: Vec<BootPhase>,
     /// Each check.
     pub checks: Vec<CheckResult>,
     /// Serial console log.
@@ -264,9 +268,13 @@ pub fn vm_spec_from(
 
 /// The image's kernel for a boot without firmware: its ELF through PVH,
 /// unpacked into `run_dir` once (about 3 s sooner under TCG), or the
-/// bzImage itself when the kernel has no PVH entry.
+/// bzImage itself when the kernel has no PVH entry (or is missing, which
+/// QEMU then reports).
 fn direct_boot_kernel(image_dir: &Path, run_dir: &Path) -> Result<PathBuf, BootError> {
     let vmlinuz = image_dir.join("vmlinuz");
+    if !vmlinuz.is_file() {
+        return Ok(vmlinuz);
+    }
     Ok(pvh::pvh_kernel(&vmlinuz, run_dir)?.unwrap_or(vmlinuz))
 }
 
@@ -356,6 +364,10 @@ pub fn check(
         .find_map(|word| word.strip_prefix("uptime="))
         .and_then(|value| value.parse().ok());
 
+    let phases = guest_uptime_seconds.map_or_else(Vec::new, |uptime| {
+        boot_phases(&vm.console(), uptime, boot_to_ready_seconds)
+    });
+
     let command_timeout = Duration::from_secs(30 * u64::from(accel.timeout_scale()));
     let mut agent = QgaClient::connect(&qga_socket, command_timeout)?;
     let mut checks = run_checks(loaded, &mut agent, command_timeout)?;
@@ -379,6 +391,7 @@ pub fn check(
         accel,
         boot_to_ready_seconds,
         guest_uptime_seconds,
+        phases,
         checks,
         serial_log,
         passed,

@@ -8,6 +8,7 @@
 //! See `docs/architecture.md` for the data flow.
 
 pub mod boot;
+pub mod boot_phases;
 pub mod console;
 pub mod flash;
 pub mod guest_isolation;

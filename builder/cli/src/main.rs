@@ -990,6 +990,18 @@ fn print_boot(report: &BootReport) {
             .guest_uptime_seconds
             .map_or("?".into(), |s| format!("{s:.1} s")),
     );
+    if !report.phases.is_empty() {
+        println!("  where the time went (guest uptime, s):");
+    }
+    for phase in &report.phases {
+        println!(
+            "    {:>6.2} – {:>5.2}  {:>5.2} s  {}",
+            phase.start_seconds,
+            phase.end_seconds,
+            phase.seconds(),
+            phase.name
+        );
+    }
     for check in &report.checks {
         println!(
             "  [{}] {} ({:.1} s)",

@@ -89,11 +89,49 @@ fn storage_image_boots_and_serves_its_target_on_both_portals() {
     if !qemu_present() {
         return;
     }
-    let names = passed_checks(&boot_check("storage"));
+    let report = boot_check("storage");
+    let names = passed_checks(&report);
     assert!(names.iter().any(|name| name.contains("LUN 1")), "{names:?}");
     assert!(
         names.iter().any(|name| name.contains("both portals")),
         "{names:?}"
+    );
+    assert_boot_accounted_for(&report, &["sysinit", "modules", "udev-coldplug", "tgtd"]);
+    let run_dir = workspace().join("target/applbuild-images/storage/test/run");
+    let unpacked = std::fs::read_dir(&run_dir)
+        .unwrap()
+        .flatten()
+        .any(|entry| entry.file_name().to_string_lossy().starts_with("vmlinux-"));
+    assert!(unpacked, "no PVH kernel unpacked in {}", run_dir.display());
+}
+
+/// The report's boot breakdown names `steps` and its rows span the whole
+/// time from QEMU's start to the ready line, without a hole.
+fn assert_boot_accounted_for(report: &Value, steps: &[&str]) {
+    let phases = report["phases"].as_array().expect("a phases list");
+    let names: Vec<&str> = phases.iter().filter_map(|p| p["name"].as_str()).collect();
+    for step in steps {
+        assert!(names.contains(step), "no {step} in {names:?}");
+    }
+    let seconds = |phase: &Value, key: &str| phase[key].as_f64().unwrap();
+    let mut covered = 0.0f64;
+    for phase in &phases[1..] {
+        assert!(
+            seconds(phase, "start_seconds") <= covered + 0.051,
+            "a hole before {phase}"
+        );
+        covered = covered.max(seconds(phase, "end_seconds"));
+    }
+    let uptime = report["guest_uptime_seconds"].as_f64().unwrap();
+    assert!(
+        covered >= uptime - 0.051,
+        "rows end at {covered}, ready at {uptime}"
+    );
+    let before = -seconds(&phases[0], "start_seconds");
+    let total = report["boot_to_ready_seconds"].as_f64().unwrap();
+    assert!(
+        (before + uptime - total).abs() < 0.01,
+        "{before} + {uptime} != {total}"
     );
 }
 
